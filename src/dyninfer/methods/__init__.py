@@ -1,0 +1,1 @@
+"""Dynamic-inference methods built on the shared harness (trace, runtime, cost, report)."""

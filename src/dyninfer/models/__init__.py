@@ -1,0 +1,6 @@
+"""Model zoo: a registry of backbones (own small-image CNNs, torchvision builders)."""
+
+from . import cnn, tv  # noqa: F401  (registers the builders)
+from .registry import BACKBONES, Normalize, create_model, list_models, register_backbone, spec_from_dict
+
+__all__ = ["BACKBONES", "Normalize", "create_model", "list_models", "register_backbone", "spec_from_dict"]

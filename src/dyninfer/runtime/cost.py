@@ -1,0 +1,256 @@
+"""Cost meters: FLOPs, parameters, bytes, latency, energy and CO2 of a path.
+
+Energy is *measured* where a counter exists (Intel/AMD RAPL through powercap, NVIDIA NVML) and
+otherwise *estimated* as power x measured time from a stated power model; every energy figure
+carries its ``source`` so a report can say which it is.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+DEFAULT_GRID_G_PER_KWH = 400.0  # gCO2 per kWh, as in the backbone-selection paper
+DEFAULT_CPU_WATTS_PER_THREAD = 8.0  # stated power model for CPUs without an energy counter
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu") -> int:
+    """FLOPs of one forward pass on one sample (2 per multiply-add), counted by torch's FlopCounterMode."""
+    x = torch.zeros(1, *input_shape, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of parameters and buffers, per device (e.g. ``{"cpu": 123456}``)."""
+    out: dict[str, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = str(t.device)
+        out[key] = out.get(key, 0) + t.numel() * t.element_size()
+    return out
+
+
+@dataclass
+class LatencyStats:
+    """Wall-clock time of one call at a batch size, over repeats after warm-up."""
+
+    batch: int
+    median_s: float
+    p25_s: float
+    p75_s: float
+    mean_s: float
+    std_s: float
+    repeats: int
+
+    @property
+    def per_sample_s(self) -> float:
+        return self.median_s / self.batch
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at this batch size (median)."""
+        return self.batch / self.median_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3, batch: int = 1,
+               device: str | torch.device = "cpu", min_time_s: float = 0.0) -> LatencyStats:
+    """Time ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed ones (and ``min_time_s``)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    q = np.percentile(times, [25, 50, 75])
+    return LatencyStats(batch=batch, median_s=float(q[1]), p25_s=float(q[0]), p75_s=float(q[2]),
+                        mean_s=float(statistics.fmean(times)),
+                        std_s=float(statistics.pstdev(times)) if len(times) > 1 else 0.0, repeats=len(times))
+
+
+def measure_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3,
+                    min_time_s: float = 0.0) -> LatencyStats:
+    """Latency of ``model(x)`` in eval mode without autograd."""
+    model.eval()
+
+    def call():
+        with torch.inference_mode():
+            model(x)
+
+    return time_calls(call, repeats=repeats, warmup=warmup, batch=int(x.shape[0]), device=x.device,
+                      min_time_s=min_time_s)
+
+
+# ----------------------------------------------------------------------------------------- energy
+
+def _rapl_files() -> list[str]:
+    files = sorted(glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"))
+    return [f for f in files if os.access(f, os.R_OK) and f.count(":") == 1]
+
+
+class EnergyMeter:
+    """Measures energy over a block: ``with meter: ...; meter.joules``.
+
+    Sources, in order: RAPL package counters (CPU), NVML (CUDA device), else an estimate
+    ``watts x elapsed`` with ``watts = threads x cpu_watts_per_thread`` — labelled ``estimated``.
+
+    Args:
+        device: the device the work runs on.
+        cpu_watts_per_thread: the stated power model used when no counter exists.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD):
+        self.device = torch.device(device)
+        self.cpu_watts_per_thread = cpu_watts_per_thread
+        self._rapl = _rapl_files() if self.device.type == "cpu" else []
+        self._nvml = None
+        if self.device.type == "cuda":
+            try:  # optional dependency: nvidia-ml-py
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(self._nvml)
+            except Exception:
+                self._nvml = None
+        self.joules = 0.0
+        self.seconds = 0.0
+
+    @property
+    def source(self) -> str:
+        if self._rapl:
+            return "measured (RAPL)"
+        if self._nvml is not None:
+            return "measured (NVML)"
+        threads = torch.get_num_threads()
+        return (f"estimated ({threads} threads x {self.cpu_watts_per_thread:g} W per busy thread x measured time; "
+                f"no energy counter on this machine)")
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._rapl) or self._nvml is not None
+
+    def _read(self) -> float:
+        if self._rapl:
+            return sum(int(open(f).read()) for f in self._rapl) / 1e6
+        if self._nvml is not None:
+            import pynvml
+
+            return pynvml.nvmlDeviceGetTotalEnergyConsumption(self._nvml) / 1e3
+        return 0.0
+
+    def __enter__(self) -> "EnergyMeter":
+        _sync(self.device)
+        self._e0 = self._read()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self._t0
+        if self.measured:
+            self.joules = max(self._read() - self._e0, 0.0)
+        else:
+            self.joules = self.seconds * torch.get_num_threads() * self.cpu_watts_per_thread
+
+
+def co2_grams(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> float:
+    """Grams of CO2 for ``joules`` at a grid intensity in gCO2/kWh."""
+    return joules / 3.6e6 * grid_g_per_kwh
+
+
+# ----------------------------------------------------------------------------------------- path cost
+
+@dataclass
+class PathCost:
+    """Everything measured about one path (a cascade stage, an exit, a backbone)."""
+
+    name: str
+    flops: int  # per sample, counted
+    params: int
+    bytes: int
+    latency: dict[int, LatencyStats] = field(default_factory=dict)  # batch size -> stats
+    energy_j_per_sample: float = 0.0  # at the largest measured batch
+    energy_source: str = ""
+    device: str = "cpu"
+
+    def time_per_batch(self, batch: int | np.ndarray) -> np.ndarray:
+        """Predicted wall time of one call at ``batch`` samples: piecewise-linear in the measured batch sizes.
+
+        Zero samples cost nothing (the runtime skips the call).
+        """
+        if not self.latency:
+            raise ValueError(f"path {self.name} has no latency measurements")
+        bs = np.array(sorted(self.latency), dtype=float)
+        ts = np.array([self.latency[int(b)].median_s for b in bs])
+        b = np.asarray(batch, dtype=float)
+        if len(bs) == 1:
+            t = ts[0] * b / bs[0]
+        else:
+            slope = (ts[-1] - ts[-2]) / (bs[-1] - bs[-2])
+            t = np.where(b > bs[-1], ts[-1] + slope * (b - bs[-1]), np.interp(b, bs, ts))
+        return np.where(b > 0, t, 0.0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency"] = {str(k): asdict(v) for k, v in self.latency.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PathCost":
+        d = dict(d)
+        d["latency"] = {int(k): LatencyStats(**v) for k, v in d.get("latency", {}).items()}
+        return cls(**d)
+
+
+def measure_path(name: str, model: nn.Module, sample: torch.Tensor, *, batches: tuple[int, ...] = (1, 16, 64, 256),
+                 repeats: int = 20, warmup: int = 3, min_time_s: float = 0.3,
+                 cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD) -> PathCost:
+    """Count and time ``model`` on batches cut from ``sample`` (N, C, H, W), N >= max(batches).
+
+    Energy per sample comes from the largest batch, measured or estimated (see :class:`EnergyMeter`).
+    """
+    device = sample.device
+    model.eval()
+    lat: dict[int, LatencyStats] = {}
+    for b in batches:
+        x = sample[:b]
+        if x.shape[0] < b:
+            x = x.repeat((b + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:b]
+        lat[b] = measure_latency(model, x, repeats=repeats, warmup=warmup, min_time_s=min_time_s)
+    big = max(batches)
+    x = sample[:big] if sample.shape[0] >= big else sample.repeat((big + sample.shape[0] - 1) // sample.shape[0], 1, 1, 1)[:big]
+    meter = EnergyMeter(device, cpu_watts_per_thread)
+    n_calls = 5
+    with meter, torch.inference_mode():
+        for _ in range(n_calls):
+            model(x)
+    return PathCost(name=name, flops=count_flops(model, tuple(sample.shape[1:]), device), params=count_params(model),
+                    bytes=sum(model_bytes(model).values()), latency=lat,
+                    energy_j_per_sample=meter.joules / (n_calls * big), energy_source=meter.source, device=str(device))

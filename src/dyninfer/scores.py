@@ -1,0 +1,116 @@
+"""Per-input scores on a path's logits. Convention: **higher means more confident** — keep the answer.
+
+=============  =====================================================  ==========================
+name           value                                                  paper
+=============  =====================================================  ==========================
+max_softmax    max_k p_k                                              EBJR eq. 19
+margin         p_(1) - p_(2)                                          
+entropy        -H(p) = sum_k p_k log p_k  (negated entropy)           EBJR eq. 22
+energy         -F(x) = T * logsumexp(z / T)  (negative free energy)   EBJR eq. 3, 6
+random         U(0, 1), seeded (a baseline that ignores the input)
+=============  =====================================================  ==========================
+
+Scores take logits (N, K) as a torch tensor and return (N,) float32. The same function runs in
+the trace simulation and in the runtime, so both make bitwise-identical decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import ConfigError
+from .registry import Registry
+
+SCORES: Registry[Callable[..., "Score"]] = Registry("score")
+
+
+class Score:
+    """A named function of logits; ``params`` are its settings (e.g. temperature)."""
+
+    name: str = ""
+    deterministic: bool = True  # False for scores that ignore the input (random)
+
+    def __init__(self, **params) -> None:
+        self.params = params
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name including settings, for tables and plots."""
+        if not self.params:
+            return self.name
+        return self.name + "(" + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in self.params.items()) + ")"
+
+
+def make_score(name: str, **params) -> Score:
+    """Build the registered score ``name`` with settings ``params``."""
+    try:
+        return SCORES.get(name)(**params)
+    except TypeError as e:
+        raise ConfigError(f"bad settings {params} for score {name!r}: {e}") from None
+
+
+@SCORES.register("max_softmax")
+class MaxSoftmax(Score):
+    name = "max_softmax"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1).amax(-1)
+
+
+@SCORES.register("margin")
+class Margin(Score):
+    name = "margin"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        top2 = logits.float().softmax(-1).topk(2, dim=-1).values  # (N, 2)
+        return top2[:, 0] - top2[:, 1]
+
+
+@SCORES.register("entropy")
+class NegEntropy(Score):
+    name = "entropy"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        logp = logits.float().log_softmax(-1)
+        return (logp.exp() * logp).sum(-1)
+
+
+@SCORES.register("energy")
+class NegFreeEnergy(Score):
+    """Negative free energy ``T * logsumexp(z / T)``; ``temperature`` T > 0 (1 is the paper's)."""
+
+    name = "energy"
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        if not temperature > 0:
+            raise ConfigError(f"energy temperature must be > 0, got {temperature}")
+        super().__init__(temperature=float(temperature))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        t = self.params["temperature"]
+        return t * torch.logsumexp(logits.float() / t, dim=-1)
+
+
+@SCORES.register("random")
+class RandomScore(Score):
+    """Uniform random scores from a seeded generator: forwards a random share of inputs."""
+
+    name = "random"
+    deterministic = False
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed=int(seed))
+        self._g = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.rand(logits.shape[0], generator=self._g)

@@ -1,0 +1,129 @@
+"""Checkpoints with metadata, written atomically, and a cache keyed by model, data, recipe and seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data.datasets import Dataset
+from ..errors import CheckpointError
+from ..io import atomic_path, cache_dir, versions
+from ..models.registry import create_model, spec_from_dict
+
+FORMAT = "dyninfer-checkpoint-1"
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``model`` (built by :func:`create_model`) with ``meta`` to ``path`` atomically."""
+    arch = getattr(model, "dyninfer_arch", None)
+    if arch is None:
+        raise CheckpointError("model was not built by dyninfer.models.create_model; cannot record its architecture")
+    payload = {"format": FORMAT, "arch": arch, "state_dict": model.state_dict(), "meta": meta or {}}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a checkpoint payload (no model is built)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
+                              f"truncated or not a dyninfer checkpoint. Delete it and train again.") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, *, expect_model: str | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model stored in ``path`` and load its weights.
+
+    Args:
+        path: checkpoint file.
+        expect_model: if given, the registry name the checkpoint must hold.
+
+    Returns:
+        (model in eval mode, metadata dict).
+
+    Raises:
+        CheckpointError: missing, truncated, or another architecture than expected.
+    """
+    payload = read_checkpoint(path)
+    arch = payload["arch"]
+    if expect_model is not None and arch["name"] != expect_model:
+        raise CheckpointError(f"checkpoint {path} holds a {arch['name']!r}, not a {expect_model!r}")
+    model = create_model(arch["name"], spec_from_dict(arch["spec"]), **arch["kwargs"])
+    load_state(model, payload["state_dict"], str(path))
+    return model.to(map_location).eval(), payload["meta"]
+
+
+def load_state(model: nn.Module, state: dict, where: str) -> None:
+    """``load_state_dict(strict=True)`` with a CheckpointError that names the mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or bad:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:3]}")
+        if extra:
+            detail.append(f"unexpected {extra[:3]}")
+        if bad:
+            detail.append(f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in bad[:3]]}")
+        raise CheckpointError(f"{where} is for another architecture: {'; '.join(detail)}")
+    model.load_state_dict(state)
+
+
+def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, seed: int) -> str:
+    blob = json.dumps({"model": model_name, "kwargs": model_kwargs, "data": data.meta, "recipe": recipe,
+                       "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model_kwargs: dict | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True, root: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """Return a trained model from the checkpoint cache, training and caching it on a miss.
+
+    The key covers the model name and arguments, the dataset and its split, the recipe and the seed.
+    A corrupt cached file is reported and retrained, never silently used.
+    """
+    from ..runtime.cost import count_flops, count_params
+    from .trainer import accuracy, train
+
+    model_kwargs = model_kwargs or {}
+    key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed)
+    path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{model_name}-{key}.pt"
+    if path.exists():
+        try:
+            model, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
+            log(f"[cache] {model_name}: {path} (test acc {meta.get('test_accuracy', float('nan')):.4f})")
+            return model, meta
+        except CheckpointError as e:
+            log(f"[cache] {e}; retraining")
+    torch.manual_seed(seed)
+    model = create_model(model_name, data.spec, **model_kwargs)
+    res = train(model, data.train, recipe, seed=seed, device=device, desc=model_name, progress=progress)
+    meta = {
+        "model": model_name, "model_kwargs": model_kwargs, "dataset": data.meta, "recipe": recipe.to_dict(),
+        "seed": seed, "train_seconds": res.seconds, "train_loss": res.train_loss,
+        "test_accuracy": accuracy(model, data.test, device), "calib_accuracy": accuracy(model, data.calib, device),
+        "flops": count_flops(model, data.spec.input_shape, device), "params": count_params(model),
+        "versions": versions(),
+    }
+    save_checkpoint(model, path, meta)
+    log(f"[train] {model_name}: {res.seconds:.0f} s, test acc {meta['test_accuracy']:.4f} -> {path}")
+    return model, meta
