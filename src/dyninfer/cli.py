@@ -25,6 +25,8 @@ COMMANDS: Registry[Command] = Registry("command")
 COMMAND_MODULES = [
     "dyninfer.commands_core",
     "dyninfer.methods.cascade.cli",
+    "dyninfer.methods.early_exit.cli",
+    "dyninfer.methods.selection.cli",
 ]
 
 

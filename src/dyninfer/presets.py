@@ -44,7 +44,7 @@ PRESETS.register("quick", Preset(
 
 PRESETS.register("full", Preset(
     name="full",
-    models={"cnn-s": Recipe(epochs=30), "cnn-m": Recipe(epochs=20), "cnn-l": Recipe(epochs=10)},
+    models={"cnn-s": Recipe(epochs=20), "cnn-m": Recipe(epochs=15), "cnn-l": Recipe(epochs=8)},
     train_limit=None, calib_size=10000, latency_repeats=30, latency_min_s=1.0, runtime_rounds=7,
 ))
 

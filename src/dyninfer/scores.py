@@ -32,8 +32,8 @@ class Score:
     name: str = ""
     deterministic: bool = True  # False for scores that ignore the input (random)
 
-    def __init__(self, **params) -> None:
-        self.params = params
+    def __init__(self) -> None:
+        self.params: dict = {}
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
         raise NotImplementedError
@@ -94,7 +94,8 @@ class NegFreeEnergy(Score):
     def __init__(self, temperature: float = 1.0) -> None:
         if not temperature > 0:
             raise ConfigError(f"energy temperature must be > 0, got {temperature}")
-        super().__init__(temperature=float(temperature))
+        super().__init__()
+        self.params = {"temperature": float(temperature)}
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         t = self.params["temperature"]
@@ -109,7 +110,8 @@ class RandomScore(Score):
     deterministic = False
 
     def __init__(self, seed: int = 0) -> None:
-        super().__init__(seed=int(seed))
+        super().__init__()
+        self.params = {"seed": int(seed)}
         self._g = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:

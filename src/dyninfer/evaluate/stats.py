@@ -39,3 +39,38 @@ def bootstrap_ci(values: np.ndarray, *, stat=np.mean, n_boot: int = 1000, level:
     res = bootstrap((np.asarray(values),), stat, n_resamples=n_boot, confidence_level=level, method="percentile",
                     random_state=np.random.default_rng(seed), vectorized=False)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> dict:
+    """Reliability diagram data: equal-width confidence bins over [0, 1].
+
+    Args:
+        confidence: (N,) predicted-class probability (e.g. max softmax).
+        correct: (N,) bool, whether the prediction was right.
+        n_bins: number of bins.
+
+    Returns:
+        dict of (n_bins,) arrays ``edges`` (n_bins + 1), ``count``, ``confidence`` (mean per bin, NaN if empty)
+        and ``accuracy`` (per bin, NaN if empty).
+    """
+    conf = np.asarray(confidence, float)
+    corr = np.asarray(correct, bool)
+    if conf.shape != corr.shape or conf.ndim != 1:
+        raise ValueError(f"confidence {conf.shape} and correct {corr.shape} must be equal 1-D shapes")
+    if conf.size and (np.nanmin(conf) < 0 or np.nanmax(conf) > 1 or np.isnan(conf).any()):
+        raise ValueError("confidences must lie in [0, 1] and not be NaN")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)  # (N,) bin of each sample
+    count = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / count
+        acc = np.bincount(b, weights=corr.astype(float), minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": acc}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): sum over bins of (bin share) x |accuracy - mean confidence|."""
+    r = reliability_bins(confidence, correct, n_bins=n_bins)
+    n = max(int(r["count"].sum()), 1)
+    ok = r["count"] > 0
+    return float(np.sum(r["count"][ok] / n * np.abs(r["accuracy"][ok] - r["confidence"][ok])))

@@ -4,6 +4,11 @@ Every sample enters stage 0; after each stage the samples whose score reaches th
 threshold leave the batch with that stage's answer, and only the rest go on. The last stage
 answers whatever is left. A stage is any callable ``carry -> (logits, carry)``: for a cascade the
 carry is the input image; for an early-exit network it is the features the next stage continues from.
+
+For the same thresholds the runtime makes the trace simulation's decisions exactly, as long as
+a sample's logits do not depend on its batch mates. On CPU that holds bitwise for batches of
+two or more; at batch 1 oneDNN picks other kernels whose results differ by about 1e-6, so a
+sample whose score lies within that distance of a threshold may exit at the neighbouring stage.
 """
 
 from __future__ import annotations
@@ -118,14 +123,17 @@ class SequentialRuntime:
                 keep = torch.ones(alive.numel(), dtype=torch.bool)
             else:
                 keep = self.scores[p](logits) >= thresholds[p]
-            pred[alive[keep]] = logits[keep].argmax(-1)
-            exit_[alive[keep]] = p
+            n_keep = int(keep.sum())
+            if n_keep:  # nobody leaving (common at batch 1): no scatter, no copy of the carry
+                pred[alive[keep]] = logits[keep].argmax(-1)
+                exit_[alive[keep]] = p
             stage_seconds[p] = time.perf_counter() - ts
-            if bool(keep.all()):
+            if n_keep == alive.numel():
                 break
-            go_on = (~keep).nonzero().squeeze(1)
-            alive = alive[go_on]
-            carry = _index(carry, go_on.to(self.device))
+            if n_keep:
+                go_on = (~keep).nonzero().squeeze(1)
+                alive = alive[go_on]
+                carry = _index(carry, go_on.to(self.device))
         flops = np.cumsum(self.stage_flops)[exit_.numpy()]
         return RuntimeResult(pred, exit_, flops, time.perf_counter() - t0, stage_seconds, stage_counts)
 

@@ -64,22 +64,25 @@ def _midpoints(v: np.ndarray) -> np.ndarray:
     return np.concatenate([[-np.inf], mids, [np.inf]])
 
 
-def sweep(trace: Trace, score: Score, *, grid: int = 40, label: str | None = None,
+def sweep(trace: Trace, score: Score | None, *, grid: int = 40, label: str | None = None,
           scores: np.ndarray | None = None) -> Curve:
     """Every operating point of the cascade on ``trace``.
 
     Two stages: exact — one point per distinct student score (O(N log N)). More stages: the
     product of ``grid`` score quantiles per stage (plus accept-all/none), vectorised.
+    ``scores`` (P-1, N) may be given instead of ``score`` (e.g. an oracle ordering).
 
     Returns:
         a :class:`Curve` with settings (M, P-1), accuracy, mean FLOPs, and extras ``reach``
         (M, P) share of samples entering each stage.
     """
+    if score is None and scores is None:
+        raise ConfigError("sweep needs a score or precomputed scores")
     s = stage_scores(trace, score) if scores is None else scores
     P, n = len(trace.paths), trace.n
     flops = np.array([c.flops for c in trace.costs], float)
     corr = trace.correct
-    label = label or score.label
+    label = label or (score.label if score is not None else "custom")
     if P == 1:
         return Curve(label, np.zeros((1, 0)), np.array([corr[0].mean()]), np.array([flops[0]]),
                      {"reach": np.ones((1, 1))})

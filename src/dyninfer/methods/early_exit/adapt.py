@@ -1,0 +1,211 @@
+"""Test-time specialisation (paper section 3.3): on an unlabelled stream, earlier heads learn from the exit that answered.
+
+For every stream image the network runs as deployed (threshold exiting). When exit e answers with
+class y_hat, each earlier head j < e takes one cross-entropy step towards y_hat on the features it
+already computed (the backbone runs without autograd and never changes; the last head is never
+updated). Heads therefore become confident sooner on the classes a deployment actually sees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from ...errors import ConfigError
+from ...scores import make_score
+from .network import EarlyExitNetwork
+
+
+@dataclass(frozen=True)
+class SpecializeConfig:
+    """How heads adapt on the stream (defaults: the paper's section 4.2)."""
+
+    lr: float = 1e-4              # SGD learning rate of the head updates
+    batch_size: int = 1           # stream images per update (1: update after every prediction)
+    momentum: float = 0.0         # SGD momentum
+    weight_decay: float = 0.0     # SGD weight decay
+    score: str = "max_softmax"    # confidence score deciding which exit answers during adaptation
+    threshold: float = 0.9        # uniform exit threshold while adapting
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.batch_size < 1 or self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError(f"bad specialisation config {self}: need lr > 0, batch_size >= 1, momentum and "
+                              f"weight_decay >= 0")
+        make_score(self.score)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AdaptLog:
+    """What happened on the stream.
+
+    Attributes:
+        exit: (N,) exit that answered each stream image.
+        pred: (N,) the answer (also the target of the earlier heads).
+        infer_s: (N,) wall time of the prediction (threshold exiting at batch 1, features kept).
+        update_s: (U,) wall time of each head update (loss, backward, SGD step).
+        update_heads: (U,) number of heads each update touched.
+    """
+
+    exit: np.ndarray
+    pred: np.ndarray
+    infer_s: np.ndarray
+    update_s: np.ndarray
+    update_heads: np.ndarray
+
+    def summary(self) -> dict:
+        u = self.update_s
+        worst = self.update_s[self.update_heads == self.update_heads.max()] if u.size else u
+        return {"stream": int(self.exit.size), "updates": int(u.size),
+                "exit_share": np.bincount(self.exit, minlength=int(self.exit.max(initial=0)) + 1).tolist(),
+                "update_ms_median": float(np.median(u) * 1e3) if u.size else 0.0,
+                "update_ms_mean": float(np.mean(u) * 1e3) if u.size else 0.0,
+                "update_ms_worst_case_median": float(np.median(worst) * 1e3) if worst.size else 0.0,
+                "infer_ms_median": float(np.median(self.infer_s) * 1e3) if self.infer_s.size else 0.0}
+
+
+class TestTimeSpecializer:
+    """Adapts the early heads of ``net`` on an unlabelled stream.
+
+    Args:
+        net: the early-exit network; its heads 0..P-2 are updated in place.
+        config: :class:`SpecializeConfig`.
+
+    Fitted attributes (after :meth:`adapt`): ``log_`` (:class:`AdaptLog`), ``n_seen_``.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, net: EarlyExitNetwork, config: SpecializeConfig = SpecializeConfig()) -> None:
+        if net.n_exits < 2:
+            raise ConfigError("test-time specialisation needs at least two exits")
+        self.net = net
+        self.config = config
+        self.score_ = make_score(config.score)
+        self.exits_ = list(range(net.n_exits - 1))  # the last head is never updated
+        self.optimizer_ = torch.optim.SGD(list(net.head_parameters(self.exits_)), lr=config.lr,
+                                          momentum=config.momentum, weight_decay=config.weight_decay)
+        self.n_seen_ = 0
+
+    # ----------------------------------------------------------------- snapshots
+    def snapshot(self) -> dict:
+        """Weights of the adaptable heads and the optimiser state (deep copies)."""
+        return {"heads": self.net.head_state(self.exits_),
+                "optimizer": _clone(self.optimizer_.state_dict()), "n_seen": self.n_seen_}
+
+    def restore(self, snap: dict) -> None:
+        """Return heads and optimiser to a :meth:`snapshot` (e.g. the state before deployment)."""
+        try:
+            self.net.load_head_state(snap["heads"])
+            self.optimizer_.load_state_dict(_clone(snap["optimizer"]))
+            self.n_seen_ = int(snap["n_seen"])
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a specialiser snapshot ({type(e).__name__}: {e})") from e
+
+    # ----------------------------------------------------------------- the stream
+    @torch.no_grad()
+    def _predict_one(self, x: torch.Tensor):
+        """Threshold exiting on one image, keeping each visited exit's carry. Returns (exit, pred, carries)."""
+        carry = x
+        carries = []
+        P = self.net.n_exits
+        for p in range(P):
+            carry = self.net.segments[p](carry)
+            logits = self.net.heads[p](carry)  # (1, K)
+            carries.append(carry)
+            if p == P - 1 or bool(self.score_(logits.float())[0] >= self.config.threshold):
+                return p, int(logits.argmax(-1)[0]), carries
+        raise AssertionError("unreachable")
+
+    def _update(self, batch: list[tuple[int, int, list]]) -> tuple[float, int]:
+        """One SGD step of heads j < exit towards the answer, over a batch of (exit, pred, carries)."""
+        t0 = time.perf_counter()
+        losses = []
+        touched = 0
+        for j in self.exits_:
+            items = [(pred, carries[j]) for e, pred, carries in batch if j < e]
+            if not items:
+                continue
+            touched += 1
+            carry = _stack([c for _, c in items])
+            target = torch.tensor([t for t, _ in items], dtype=torch.long)
+            losses.append(F.cross_entropy(self.net.heads[j](carry), target))
+        if losses:
+            self.optimizer_.zero_grad(set_to_none=True)
+            torch.stack(losses).sum().backward()
+            self.optimizer_.step()
+        return time.perf_counter() - t0, touched
+
+    def adapt(self, x: torch.Tensor, *, progress: bool = True) -> "TestTimeSpecializer":
+        """Process the stream ``x`` (N, C, H, W) in order: predict each image, then update the earlier heads.
+
+        Returns:
+            self, with ``log_`` describing the stream (exits, answers, per-update wall time).
+        """
+        x = self.net.check_input(x, where="TestTimeSpecializer.adapt")
+        self.net.eval()  # the backbone stays in inference mode: batch-norm statistics are frozen too
+        exits, preds, infer, upd, heads = [], [], [], [], []
+        pending: list = []
+        for i in tqdm(range(x.shape[0]), desc="specialise", disable=not progress, leave=False, mininterval=1.0):
+            t0 = time.perf_counter()
+            e, pred, carries = self._predict_one(x[i:i + 1])
+            infer.append(time.perf_counter() - t0)
+            exits.append(e)
+            preds.append(pred)
+            self.n_seen_ += 1
+            if e > 0:
+                pending.append((e, pred, carries))
+            if len(pending) >= self.config.batch_size:
+                dt, touched = self._update(pending)
+                upd.append(dt)
+                heads.append(touched)
+                pending = []
+        if pending:
+            dt, touched = self._update(pending)
+            upd.append(dt)
+            heads.append(touched)
+        self.log_ = AdaptLog(np.asarray(exits, int), np.asarray(preds, int), np.asarray(infer),
+                             np.asarray(upd), np.asarray(heads, int))
+        return self
+
+    def update_flops(self) -> int:
+        """FLOPs of the worst-case update (every adaptable head, one image), counted with FlopCounterMode."""
+        shape = self.net.input_shape
+        if shape is None:
+            raise ConfigError("the network does not know its input shape")
+        with torch.no_grad():
+            carries = []
+            carry = torch.zeros(1, *shape)
+            for p in self.exits_:
+                carry = self.net.segments[p](carry)
+                carries.append(carry)
+        snap = self.snapshot()
+        with FlopCounterMode(display=False) as counter:
+            self._update([(self.net.n_exits - 1, 0, carries)])
+        self.restore(snap)
+        return int(counter.get_total_flops())
+
+
+def _stack(carries: list):
+    if isinstance(carries[0], tuple):
+        return tuple(torch.cat([c[k] for c in carries]) for k in range(len(carries[0])))
+    return torch.cat(carries)
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
+

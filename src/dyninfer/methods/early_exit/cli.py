@@ -1,0 +1,46 @@
+"""``dyninfer early-exit``: the early-exit benchmark (Table 1, Figure 4, targets) into one report folder."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ...cli import COMMANDS, Command
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", help="quick (smoke run, < 2 min), full (the issue's figures) or tiny")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset registry name (default: fashion-mnist)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's own default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, training and streams")
+    p.add_argument("--score", default="max_softmax", help="exit score (max_softmax, energy, entropy, margin)")
+    p.add_argument("--subsets", nargs="*", default=[], help="class subsets to adapt on (default: all known for the dataset)")
+    p.add_argument("--adapt-lr", type=float, nargs="+", default=[1e-4],
+                   help="SGD learning rate(s) of the head updates; several are run side by side (paper: 1e-4)")
+    p.add_argument("--adapt-threshold", type=float, default=0.9, help="exit threshold while adapting (default 0.9)")
+    p.add_argument("--adapt-batch", type=int, default=1, help="stream images per head update (paper: 1)")
+    p.add_argument("--training", choices=["joint", "two-stage"], default=None, help="override the preset's training mode")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--out", default=None, help="report folder (default: reports/early-exit-<preset>)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkConfig, run
+    from .report import write_report
+
+    cfg = BenchmarkConfig(preset=args.preset, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+                          score=args.score, subsets=tuple(args.subsets), adapt_lrs=tuple(args.adapt_lr),
+                          adapt_threshold=args.adapt_threshold, adapt_batch=args.adapt_batch, training=args.training,
+                          device=args.device, progress=not args.no_progress)
+    res = run(cfg)
+    out = args.out or f"reports/early-exit-{args.preset}"
+    command = "dyninfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    write_report(res, out, command=command)
+    print(f"[report] {out}/REPORT.md")
+    return 0
+
+
+COMMANDS.register("early-exit", Command("early-exit network with test-time specialisation: Table 1, Figure 4, targets",
+                                        _args, _run))

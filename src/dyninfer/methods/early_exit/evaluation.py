@@ -1,0 +1,229 @@
+"""The paper's evaluation: Table 1 (fixed exits, thresholds, baseline), Figure 4 (subset vs other classes,
+before/after test-time specialisation), exit distributions and per-exit calibration.
+
+Latency conventions (every figure says which it is):
+
+* *batch-1, measured*: the runtime timed on single images (the paper's setting), by default as CPU
+  time of the one timing thread (``clock="cpu"``): on a CPU shared with other jobs, wall time mostly
+  measures when the scheduler lets the thread run; wall-clock figures are kept beside it.
+* *batch-1, exit model*: each sample is charged the measured batch-1 latency of the runtime when it
+  leaves at its exit (median of forced-exit runs interleaved with the baseline, so that load spikes
+  from other jobs on a shared CPU do not enter; spread from the inter-quartile range); used for
+  curves over many thresholds. Checked against the measured figure in Table 1.
+* *batched*: the runtime over the test split in serving batches, seconds per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError
+from ...evaluate.stats import expected_calibration_error, reliability_bins
+from ...scores import Score
+from ...trace import Trace
+from ..cascade.simulate import exits_for, simulate, stage_scores
+from ...runtime.executor import SequentialRuntime
+from .method import EarlyExit, forced_exit, run_batched, time_runtime_per_sample, uniform
+from .network import EarlyExitNetwork
+
+TABLE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CURVE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.50, 0.9501, 0.05), 2))
+FINE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.50, 0.9501, 0.01), 2))
+
+
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def _stats(a: np.ndarray) -> dict:
+    q25, q50, q75 = np.percentile(a, [25, 50, 75])
+    return {"median_ms": float(q50), "mean_ms": float(a.mean()), "std_ms": float(a.std()), "p25_ms": float(q25),
+            "p75_ms": float(q75), "robust_std_ms": float((q75 - q25) / 1.349)}
+
+
+def interleaved_latency(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 5,
+                        clock: str = "cpu") -> dict[str, dict]:
+    """Time each call once per round, rounds interleaved so drifting machine load hits all alike.
+
+    Args:
+        calls: name -> zero-argument callable.
+        rounds: timed calls per name.
+        clock: ``cpu`` (CPU time of the calling thread: with one torch thread this is the latency on a
+            dedicated core, unaffected by other jobs taking the CPU away) or ``wall`` (wall clock).
+
+    Returns:
+        name -> {median_ms, mean_ms, std_ms, p25_ms, p75_ms, robust_std_ms, rounds, clock, wall: {...}} where the
+        top-level figures use ``clock`` and ``wall`` holds the wall-clock figures of the same calls.
+    """
+    if clock not in CLOCKS:
+        raise ConfigError(f"unknown clock {clock!r}; use one of {sorted(CLOCKS)}")
+    tick = CLOCKS[clock]
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    walls: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            w0, t0 = time.perf_counter(), tick()
+            fn()
+            times[k].append(tick() - t0)
+            walls[k].append(time.perf_counter() - w0)
+    return {k: {**_stats(np.asarray(times[k]) * 1e3), "rounds": rounds, "clock": clock,
+                "wall": _stats(np.asarray(walls[k]) * 1e3)} for k in calls}
+
+
+def mixture_latency(exits: np.ndarray, exit_ms: Sequence[float], exit_std_ms: Sequence[float]) -> tuple[float, float]:
+    """Mean and std (over samples) of per-sample latency when a sample leaving at p takes exit_ms[p] ± exit_std_ms[p]."""
+    m = np.asarray(exit_ms)[exits]
+    s = np.asarray(exit_std_ms)[exits]
+    mean = float(m.mean())
+    return mean, float(np.sqrt(np.mean(s ** 2 + (m - mean) ** 2)))
+
+
+def params_digest(module: torch.nn.Module) -> str:
+    """SHA-1 of every parameter and buffer, bitwise (to prove something did not change)."""
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def measure_exit_latencies(net: EarlyExitNetwork, policy: EarlyExit, x1: torch.Tensor, *, rounds: int,
+                           clock: str = "cpu") -> dict:
+    """Batch-1 latency of the baseline, of each fixed exit as a plain module (heads 0..p computed), and of the
+    runtime forced to leave at each exit (what a sample leaving there costs in deployment), interleaved.
+
+    ``runtime_baseline`` is the baseline network run through the same runtime as a single stage, so that
+    comparing it with ``runtime_exit{P-1}`` isolates what the intermediate heads and exit decisions add."""
+    net.eval()
+    P = net.n_exits
+    rts = [policy.runtime(net, forced_exit(p, P)) for p in range(P)]
+    base_rt = SequentialRuntime([lambda x: (net(x), x)], policy.score_, [], input_shape=net.input_shape)
+    calls: dict[str, Callable[[], object]] = {"baseline": lambda: net(x1), "runtime_baseline": lambda: base_rt(x1)}
+    for p in range(P):
+        calls[f"module_exit{p}"] = (lambda p=p: net.forward_to(x1, p, all_heads=True))
+        calls[f"runtime_exit{p}"] = (lambda p=p: rts[p](x1))
+    return interleaved_latency(calls, rounds=rounds, clock=clock)
+
+
+def table1(net: EarlyExitNetwork, policy: EarlyExit, test: Trace, x_test: torch.Tensor, lat: dict, *,
+           thresholds: Sequence[float] = TABLE_THRESHOLDS, latency_samples: int = 1000, batch_size: int = 256,
+           fitted: EarlyExit | None = None, clock: str = "cpu", progress: Callable[[str], None] = print) -> dict:
+    """Rows of the paper's Table 1, measured.
+
+    Args:
+        net: the network; policy: the threshold policy (its score is used).
+        test: test trace of the network; x_test: the same test images (for runtime runs).
+        lat: output of :func:`measure_exit_latencies`.
+        latency_samples: test images timed one by one per threshold.
+        fitted: an :class:`EarlyExit` fitted on the calibration trace, added as one more row.
+
+    Returns:
+        dict with ``rows`` (list of dicts) and ``runtime_matches_trace`` (per threshold: mismatching predictions
+        and exits between the batched runtime and the trace simulation; 0 expected).
+    """
+    P = net.n_exits
+    exit_ms = [lat[f"runtime_exit{p}"]["median_ms"] for p in range(P)]  # robust to other jobs' load spikes
+    exit_std = [lat[f"runtime_exit{p}"]["robust_std_ms"] for p in range(P)]
+    rows = []
+    for p in range(P):
+        rt = policy.runtime(net, forced_exit(p, P))
+        pred, ex, secs = run_batched(rt, x_test, batch_size)
+        rows.append({"kind": "fixed exit", "setting": p, "accuracy": test.accuracy(p),
+                     "lat1_ms": lat[f"runtime_exit{p}"]["mean_ms"], "lat1_std_ms": lat[f"runtime_exit{p}"]["std_ms"],
+                     "lat1_median_ms": exit_ms[p], "lat1_model_ms": exit_ms[p], "lat1_model_std_ms": exit_std[p],
+                     "module_ms": lat[f"module_exit{p}"]["mean_ms"], "module_std_ms": lat[f"module_exit{p}"]["std_ms"],
+                     "wall_median_ms": lat[f"runtime_exit{p}"]["wall"]["median_ms"],
+                     "batched_ms_per_image": secs / len(pred) * 1e3,
+                     "mflops": float(np.sum([c.flops for c in test.costs[:p + 1]]) / 1e6),
+                     "exit_share": np.bincount(ex, minlength=P).astype(float).tolist()})
+    checks = {}
+    points = [(f"{t:g}", uniform(t, P)) for t in thresholds]
+    if fitted is not None:
+        points.append(("calibrated", tuple(fitted.thresholds_)))
+    xs = x_test[:latency_samples]
+    for name, th in points:
+        sim = simulate(test, policy.score_ if name != "calibrated" else fitted.score_, th)  # type: ignore[union-attr]
+        rt = policy.runtime(net, th) if name != "calibrated" else fitted.runtime(net)  # type: ignore[union-attr]
+        pred, ex, secs = run_batched(rt, x_test, batch_size)
+        checks[name] = {"pred_mismatch": int((pred != sim.pred).sum()), "exit_mismatch": int((ex != sim.path).sum())}
+        measured = time_runtime_per_sample(rt, xs, repeats=3, clock=CLOCKS[clock]) * 1e3
+        model_mean, model_std = mixture_latency(sim.path, exit_ms, exit_std)
+        sub_mean, _ = mixture_latency(sim.path[:len(xs)], exit_ms, exit_std)
+        rows.append({"kind": "threshold", "setting": name, "thresholds": list(th), "accuracy": sim.accuracy,
+                     "lat1_ms": float(measured.mean()), "lat1_std_ms": float(measured.std()),
+                     "lat1_model_ms": model_mean, "lat1_model_std_ms": model_std,
+                     "lat1_model_same_images_ms": sub_mean, "timed_images": int(len(xs)),
+                     "batched_ms_per_image": secs / len(pred) * 1e3, "mflops": sim.mean_flops / 1e6,
+                     "exit_share": (np.bincount(sim.path, minlength=P) / len(sim.path)).tolist()})
+        progress(f"[table1] threshold {name}: acc {sim.accuracy:.4f}, batch-1 {measured.mean():.3f} ms "
+                 f"(exit model {model_mean:.3f} ms), mismatches {checks[name]}")
+    base_rt_secs = _batched_baseline(net, x_test, batch_size)
+    rows.append({"kind": "baseline", "setting": "no heads", "accuracy": test.accuracy(P - 1),
+                 "lat1_ms": lat["baseline"]["mean_ms"], "lat1_std_ms": lat["baseline"]["std_ms"],
+                 "lat1_median_ms": lat["baseline"]["median_ms"], "lat1_model_ms": lat["baseline"]["median_ms"],
+                 "lat1_model_std_ms": lat["baseline"]["robust_std_ms"],
+                 "wall_median_ms": lat["baseline"]["wall"]["median_ms"],
+                 "batched_ms_per_image": base_rt_secs / len(x_test) * 1e3,
+                 "mflops": None})
+    return {"rows": rows, "runtime_matches_trace": checks}
+
+
+@torch.inference_mode()
+def _batched_baseline(net: EarlyExitNetwork, x: torch.Tensor, batch_size: int) -> float:
+    net.eval()
+    t0 = time.perf_counter()
+    for i in range(0, x.shape[0], batch_size):
+        net(x[i:i + batch_size])
+    return time.perf_counter() - t0
+
+
+def calibration(trace: Trace, score: Score, *, n_bins: int = 15) -> list[dict]:
+    """Per exit: ECE and reliability-diagram bins of the max-softmax confidence on ``trace``."""
+    out = []
+    for p, name in enumerate(trace.paths):
+        probs = torch.from_numpy(trace.logits[p]).softmax(-1)
+        conf = probs.amax(-1).numpy()
+        corr = trace.correct[p]
+        rb = reliability_bins(conf, corr, n_bins=n_bins)
+        out.append({"exit": name, "accuracy": float(corr.mean()), "mean_confidence": float(conf.mean()),
+                    "ece": expected_calibration_error(conf, corr, n_bins=n_bins),
+                    "bins": {k: np.asarray(v).tolist() for k, v in rb.items()}})
+    return out
+
+
+def subset_curves(trace: Trace, score: Score, mask: np.ndarray, exit_ms: Sequence[float],
+                  thresholds: Sequence[float]) -> dict:
+    """Accuracy, mean batch-1 latency (exit model) and mean FLOPs for the samples in ``mask`` and the rest.
+
+    Returns:
+        {"subset": {...}, "other": {...}} with lists over ``thresholds``.
+    """
+    s = stage_scores(trace, score)
+    P = len(trace.paths)
+    cum = np.cumsum([c.flops for c in trace.costs])
+    out: dict[str, dict[str, list]] = {g: {"threshold": list(thresholds), "accuracy": [], "latency_ms": [],
+                                           "mflops": [], "exit_share": []} for g in ("subset", "other")}
+    preds = trace.preds
+    for t in thresholds:
+        ex = exits_for(s, np.asarray(uniform(t, P)))
+        correct = preds[ex, np.arange(trace.n)] == trace.labels
+        for g, m in (("subset", mask), ("other", ~mask)):
+            out[g]["accuracy"].append(float(correct[m].mean()))
+            out[g]["latency_ms"].append(float(np.asarray(exit_ms)[ex[m]].mean()))
+            out[g]["mflops"].append(float(cum[ex[m]].mean() / 1e6))
+            out[g]["exit_share"].append((np.bincount(ex[m], minlength=P) / m.sum()).tolist())
+    return out
+
+
+def latency_to_reach(curve: dict, target: float) -> float | None:
+    """Lowest mean latency among the curve's points whose accuracy reaches ``target`` (None if none does)."""
+    ok = [lat for acc, lat in zip(curve["accuracy"], curve["latency_ms"]) if acc >= target - 1e-12]
+    return min(ok) if ok else None

@@ -1,0 +1,36 @@
+"""Shared fixtures: a private cache folder and tiny models trained on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Point the checkpoint/trace cache at a temporary folder for the whole session."""
+    old = os.environ.get("DYNINFER_CACHE")
+    os.environ["DYNINFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("DYNINFER_CACHE", None)
+    else:
+        os.environ["DYNINFER_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from dyninfer.data import load_dataset
+
+    return load_dataset("digits", calib_size=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_prepared():
+    """The `tiny` preset on digits: cnn-s and cnn-m trained, traced on calib and test (about 20 s)."""
+    from dyninfer.harness import prepare
+
+    torch.manual_seed(0)
+    return prepare("digits", "tiny", progress=False, log=lambda s: None)

@@ -1,0 +1,110 @@
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from dyninfer import ConfigError, DataError
+from dyninfer.data import load_dataset
+from dyninfer.data.datasets import FASHION_MNIST_DEFAULT
+from dyninfer.data.idx import read_idx, write_idx
+
+FMNIST_PRESENT = os.path.exists(os.path.join(FASHION_MNIST_DEFAULT, "train-images-idx3-ubyte.gz"))
+
+
+def test_idx_round_trip(tmp_path):
+    a = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "x.gz", a)
+    assert np.array_equal(read_idx(tmp_path / "x.gz", expect_ndim=3, expect_count=7, expect_shape=(28, 28)), a)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="missing data file .*nope.gz.*apt-get"):
+        read_idx(tmp_path / "nope.gz", expect_ndim=3, hint="apt-get install it")
+    a = np.zeros((5, 28, 28), np.uint8)
+    write_idx(tmp_path / "x.gz", a)
+    with pytest.raises(DataError, match="holds 5 items, expected 60000"):
+        read_idx(tmp_path / "x.gz", expect_ndim=3, expect_count=60000)
+    with pytest.raises(DataError, match="bad IDX magic"):
+        read_idx(tmp_path / "x.gz", expect_ndim=1)
+    raw = gzip.decompress((tmp_path / "x.gz").read_bytes())
+    (tmp_path / "t.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DataError, match="t.gz holds .* data bytes .* truncated"):
+        read_idx(tmp_path / "t.gz", expect_ndim=3)
+    (tmp_path / "c.gz").write_bytes((tmp_path / "x.gz").read_bytes()[:40])
+    with pytest.raises(DataError, match="c.gz.*corrupt"):
+        read_idx(tmp_path / "c.gz", expect_ndim=3)
+
+
+def test_fashion_mnist_folder_from_env_and_missing_file_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNINFER_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataError, match=f"missing data file {tmp_path}/train-images-idx3-ubyte.gz.*dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+@pytest.mark.skipif(not FMNIST_PRESENT, reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_splits_are_deterministic_and_disjoint():
+    a = load_dataset("fashion-mnist", seed=3, calib_size=10000)
+    b = load_dataset("fashion-mnist", seed=3, calib_size=10000)
+    assert (len(a.train), len(a.calib), len(a.test)) == (50000, 10000, 10000)
+    assert a.train.x.shape[1:] == (1, 28, 28) and a.train.x.dtype == torch.float32
+    assert 0.0 <= float(a.train.x.min()) and float(a.train.x.max()) <= 1.0
+    assert torch.equal(a.calib.y, b.calib.y) and torch.equal(a.calib.x[:50], b.calib.x[:50])
+    assert set(a.test.y.tolist()) == set(range(10))
+    c = load_dataset("fashion-mnist", seed=4, calib_size=10000)
+    assert not torch.equal(a.calib.x[:50], c.calib.x[:50])
+    # calibration and training images are disjoint draws of the 60k training part
+    assert len(a.train) + len(a.calib) == 60000
+    assert a.spec.class_names[9] == "Ankle boot"
+
+
+def test_digits_splits(digits):
+    assert digits.spec.input_shape == (1, 8, 8)
+    assert len(digits.calib) == 300 and len(digits.train) + 300 + len(digits.test) == 1797
+    with pytest.raises(ConfigError, match="unknown split"):
+        digits.split("val")
+
+
+def test_bad_calib_size():
+    with pytest.raises(ConfigError, match="calib_size"):
+        load_dataset("digits", calib_size=100000)
+
+
+def _write_cifar10(folder, n=20):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(d))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+def test_cifar10_pickle_folder(tmp_path):
+    _write_cifar10(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", root=tmp_path / "cifar-10-batches-py", calib_size=10)
+    assert ds.spec.input_shape == (3, 32, 32) and len(ds.train) == 90 and len(ds.test) == 20
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="data_batch_3.*corrupt"):
+        load_dataset("cifar10", root=tmp_path / "cifar-10-batches-py")
+
+
+def test_cifar100_missing_folder_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="missing data file .*train.*cifar-100-python"):
+        load_dataset("cifar100", root=tmp_path)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / part / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / part / cls / f"{i}.png")
+    ds = load_dataset("imagefolder", root=tmp_path, calib_size=2)
+    assert ds.spec.input_shape == (3, 32, 32) and ds.spec.class_names == ("cat", "dog")
+    assert len(ds.train) == 6 and len(ds.test) == 8

@@ -1,0 +1,216 @@
+"""Adaptive backbone selection: complexity analyser, REINFORCE policy, selector, runtime == simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dyninfer.data.datasets import load_dataset
+from dyninfer.errors import ConfigError, InputError, TraceError
+from dyninfer.methods.selection import (BackboneManager, BackbonePool, BackboneSelector, ComplexityAnalyser,
+                                        ComplexityConfig, PolicyConfig, ScorePolicy, SelectionRuntime,
+                                        SelectorConfig, choose, rewards, train_reinforce)
+from dyninfer.models import create_model
+from dyninfer.trace import measure_costs, record_trace
+
+# ----------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", calib_size=400, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+    """Three untrained (seeded) CNNs on digits, their costs and calibration/test traces."""
+    models = {}
+    for i, name in enumerate(("cnn-s", "cnn-m", "cnn-l")):
+        torch.manual_seed(i)
+        models[name] = create_model(name, digits.spec).eval()
+    costs = measure_costs(models, digits.calib.x[:64], batches=(1, 16, 64), repeats=2, min_time_s=0.0,
+                          log=lambda s: None)
+    calib = record_trace(models, digits.calib, costs, progress=False)
+    test = record_trace(models, digits.test, costs, progress=False)
+    return models, calib, test
+
+
+# ----------------------------------------------------------------------------------------- analyser
+
+
+def test_sobel_and_texture_match_reference(digits):
+    x = digits.calib.x[:50]  # (50, 1, 8, 8)
+    a = ComplexityAnalyser()
+    edge, tex = a.raw(x)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    g = F.conv2d(x, torch.stack([kx, kx.t()]).unsqueeze(1))  # (50, 2, 6, 6) valid interior
+    ref_edge = g.pow(2).sum(1).sqrt().mean((1, 2))
+    ref_tex = x.flatten(2).var(2, unbiased=False).mean(1)
+    assert torch.allclose(edge, ref_edge, atol=1e-5)
+    assert torch.allclose(tex, ref_tex, atol=1e-6)
+
+
+def test_score_range_order_and_storage():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((20, 1, 16, 16), 0.5)
+    noise = torch.rand(20, 1, 16, 16, generator=g)
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(20, 1, 16, 16).clone()
+    x = torch.cat([flat, ramp, noise])
+    a = ComplexityAnalyser().fit(x)
+    s = a.score(x)
+    assert s.shape == (60,) and float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+    assert float(s[:20].max()) < float(s[20:40].min()) < float(s[40:].min())  # flat < smooth ramp < noise
+    b = ComplexityAnalyser.from_state_dict(a.state_dict())
+    assert torch.equal(b.score(x), s)
+    comps = a.components(x)
+    assert torch.allclose(comps[:, 2], 0.6 * comps[:, 0] + 0.4 * comps[:, 1])
+
+
+def test_rgb_images_and_weights():
+    x = torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    a = ComplexityAnalyser(ComplexityConfig(edge_weight=1.0, texture_weight=0.0)).fit(x)
+    comps = a.components(x)
+    assert torch.allclose(comps[:, 2], comps[:, 0])
+
+
+def test_analyser_errors():
+    with pytest.raises(ConfigError, match="not fitted"):
+        ComplexityAnalyser().score(torch.rand(2, 1, 8, 8))
+    a = ComplexityAnalyser().fit(torch.rand(4, 1, 8, 8))
+    with pytest.raises(InputError, match="4-D"):
+        a.score(torch.rand(1, 8, 8))
+    with pytest.raises(InputError, match="floating"):
+        a.score(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(InputError, match="too small"):
+        a.score(torch.rand(2, 1, 2, 2))
+    with pytest.raises(ConfigError):
+        ComplexityConfig(edge_weight=-1.0)
+    with pytest.raises(ConfigError):
+        ComplexityConfig(low_quantile=0.9, high_quantile=0.1)
+
+
+# ----------------------------------------------------------------------------------------- policy
+
+
+def test_rewards_formula():
+    correct = np.array([[1, 0], [1, 1]], bool)  # (P=2, N=2)
+    r = rewards(correct, np.array([0.2, 1.0]), 0.75)
+    np.testing.assert_allclose(r, [[0.75 + 0.25 * 0.8, 0.75], [0.25 * 0.8, 0.75]], rtol=1e-6)
+    with pytest.raises(ConfigError):
+        rewards(correct, np.array([0.2, 1.0]), 1.5)
+    with pytest.raises(ConfigError):
+        rewards(correct, np.array([0.2]), 0.5)
+
+
+def _synthetic(n=2000, seed=0):
+    """Two clusters: the cheap backbone is right only on cluster 0, the expensive one always."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randint(0, 2, (n,), generator=g)
+    f = torch.randn(n, 4, generator=g) * 0.5 + torch.stack([z * 2.0, -z * 2.0, z * 0.0, z * 0.0], 1)
+    correct = np.stack([z.numpy() == 0, np.ones(n, bool)])  # (2, N)
+    return f, correct, z.numpy()
+
+
+@pytest.mark.parametrize("baseline", ["learned", "mean"])
+def test_reinforce_learns_known_routing(baseline):
+    f, correct, z = _synthetic()
+    t_norm = np.array([0.1, 1.0])
+    cfg = PolicyConfig(epochs=15, baseline=baseline, seed=0)
+    net, hist = train_reinforce(f, rewards(correct, t_norm, 0.9), cfg)
+    a = net.logits(f).argmax(1).numpy()
+    assert (a == z).mean() > 0.97  # cheap on cluster 0, expensive on cluster 1
+    assert hist.val_reward[hist.best_epoch] > 0.9
+    # with little weight on accuracy the cheap backbone wins everywhere
+    net2, _ = train_reinforce(f, rewards(correct, t_norm, 0.05), cfg)
+    assert (net2.logits(f).argmax(1).numpy() == 0).mean() > 0.97
+
+
+def test_choose_modes():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(4000, 1)
+    assert choose(logits, "greedy").eq(0).all()
+    a1 = choose(logits, "sampled", torch.Generator().manual_seed(3))
+    a2 = choose(logits, "sampled", torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2)
+    freq = torch.bincount(a1, minlength=3).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
+    with pytest.raises(ConfigError, match="selection mode"):
+        choose(logits, "best")
+
+
+# ----------------------------------------------------------------------------------------- selector and runtime
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_runtime_equals_trace_simulation(digits, setup, mode):
+    models, calib, test = setup
+    names = list(models)
+    cfg = SelectorConfig(lam=0.9, mode=mode, grid=4, serving_batch=64, policy=PolicyConfig(epochs=3))
+    sel = BackboneSelector(names, cfg).fit(calib, digits.calib.x)
+    pool = BackbonePool.from_models(models)
+    budget = pool.largest_bytes  # holds only part of the pool: forces switching
+    mgr = BackboneManager(pool, budget)
+    rt = SelectionRuntime(sel, mgr, seed=5)
+    res = rt.run(digits.test.x, batch_size=64)
+    sim = sel.simulate(test, digits.test.x, generator=torch.Generator().manual_seed(5), batch_size=64)
+    assert np.array_equal(res.path.numpy(), sim.path)
+    assert np.array_equal(res.pred.numpy(), sim.pred)
+    assert res.counts.sum() == test.n
+    if mode == "sampled":  # sampling spreads images over backbones, so the manager must switch
+        assert (res.counts > 0).sum() >= 2
+        assert mgr.stats().evictions > 0
+    st = mgr.stats()
+    assert st.peak_bytes <= budget and st.peak_measured_bytes <= budget
+
+
+def test_selector_save_load_and_errors(digits, setup, tmp_path):
+    models, calib, test = setup
+    names = list(models)
+    sel = BackboneSelector(names, SelectorConfig(grid=4, policy=PolicyConfig(epochs=2)))
+    with pytest.raises(ConfigError, match="not fitted"):
+        sel.choose(digits.test.x)
+    sel.fit(calib, digits.calib.x)
+    path = sel.save(tmp_path / "sel.pt")
+    back = BackboneSelector.load(path)
+    assert torch.allclose(back.logits(digits.test.x), sel.logits(digits.test.x))
+    with pytest.raises(TraceError, match="no paths"):
+        BackboneSelector(["cnn-s", "nope"]).fit(calib, digits.calib.x)
+    with pytest.raises(TraceError, match="images"):
+        BackboneSelector(names).fit(calib, digits.calib.x[:10])
+    with pytest.raises(ConfigError):
+        BackboneSelector(["cnn-s"])
+    with pytest.raises(ConfigError):
+        SelectorConfig(use_features=False, use_complexity=False)
+    rt = SelectionRuntime(sel, BackboneManager(BackbonePool.from_models(models), 10 ** 9))
+    with pytest.raises(InputError, match="image size|channels"):
+        rt(torch.rand(2, 1, 28, 28))
+    with pytest.raises(InputError, match="NaN"):
+        rt(torch.full((2, 1, 8, 8), float("nan")))
+    with pytest.raises(ConfigError, match="pool has no"):
+        SelectionRuntime(sel, BackboneManager(BackbonePool.from_models({"cnn-s": models["cnn-s"]}), 10 ** 9))
+
+
+def test_features_variants_and_score_policy(digits, setup):
+    models, calib, test = setup
+    names = list(models)
+    eb = BackboneSelector(names, SelectorConfig(features="early-block", grid=2, policy=PolicyConfig(epochs=2)))
+    eb.fit(calib, digits.calib.x, feature_model=models["cnn-s"])
+    assert eb.in_dim_ == 12 * 2 * 2 + 3  # cnn-s first stage has 12 channels, plus edge/texture/score
+    no_c = BackboneSelector(names, SelectorConfig(use_complexity=False, grid=4, policy=PolicyConfig(epochs=2)))
+    assert no_c.fit(calib, digits.calib.x).in_dim_ == 16
+    with pytest.raises(ConfigError, match="smallest backbone"):
+        BackboneSelector(names, SelectorConfig(features="early-block")).fit(calib, digits.calib.x)
+    pol = ScorePolicy(eb.analyser_, [0.3, 0.6])
+    np.testing.assert_array_equal(pol.choose_from_scores(np.array([0.1, 0.3, 0.5, 0.9])), [0, 1, 1, 2])
+    with pytest.raises(ConfigError):
+        ScorePolicy(eb.analyser_, [0.6, 0.3])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one torch thread is fastest and steady on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
