@@ -47,3 +47,11 @@ def test_cli_list(capsys):
     assert "energy" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["cascade", "--routers", "nope"])
+
+
+def test_prepare_rejects_models_outside_the_preset():
+    from dyninfer import ConfigError
+    from dyninfer.harness import prepare
+
+    with pytest.raises(ConfigError, match=r"preset 'tiny' has no models \['cnn-l'\]"):
+        prepare("digits", "tiny", models=["cnn-s", "cnn-l"], progress=False, log=lambda s: None)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dyninfer.data import load_dataset
 from dyninfer.data.datasets import DataSpec, Split
 from dyninfer.errors import CheckpointError, ConfigError, InputError
 from dyninfer.evaluate.stats import expected_calibration_error, reliability_bins
 from dyninfer.methods.early_exit import RevColConfig, RevColNet, train_exits
+from dyninfer.methods.early_exit.revcol import saved_activation_bytes
 from dyninfer.methods.early_exit.evaluation import params_digest
 from dyninfer.methods.early_exit.method import (EarlyExit, exit_costs, exit_flops, forced_exit, record_exit_trace,
                                                 uniform)
@@ -20,12 +20,16 @@ from dyninfer.runtime.cost import count_flops
 from dyninfer.scores import make_score
 from dyninfer.train import Recipe, train
 
-RECIPE = Recipe(epochs=6, batch_size=64, lr=3e-3, hflip=False, shift=1)
+RECIPE = Recipe(epochs=4, batch_size=64, lr=3e-3, hflip=False, shift=1)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", calib_size=300)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models on a shared 2-core CPU: one thread avoids oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +83,8 @@ def test_column_inverse_rebuilds_previous_column():
 
 def _saved_bytes(columns: int, reversible: bool) -> int:
     torch.manual_seed(0)
-    net = RevColNet(_spec(32), RevColConfig(widths=(8, 16, 16), columns=columns, reversible=reversible)).train()
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sum(o.sum() for o in net.forward_exits(torch.rand(4, 1, 32, 32)))
-    return total
+    net = RevColNet(_spec(32), RevColConfig(widths=(8, 16, 16), columns=columns, reversible=reversible))
+    return saved_activation_bytes(net, torch.rand(4, 1, 32, 32))
 
 
 def test_reversible_training_memory_does_not_grow_with_columns():
@@ -200,7 +195,7 @@ def test_ece_and_reliability_bins():
 def small_cnn(digits):
     torch.manual_seed(0)
     m = create_model("cnn-s", digits.spec)
-    train(m, digits.train, Recipe(epochs=4, batch_size=64, hflip=False, shift=1), seed=0, progress=False)
+    train(m, digits.train, Recipe(epochs=3, batch_size=64, hflip=False, shift=1), seed=0, progress=False)
     return m.eval()
 
 
@@ -270,3 +265,28 @@ def test_exits_on_torchvision_resnet():
     data = Split(torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)))
     train_exits(net, data, Recipe(epochs=1, batch_size=8), heads_only=True, exits=[0, 1, 2], progress=False)
     assert params_digest(net.segments) == digest
+
+
+def test_fit_early_exit_caches_and_two_stage_keeps_backbone(digits, tmp_path):
+    from dyninfer.methods.early_exit import fit_early_exit
+    from dyninfer.train import load_checkpoint
+
+    recipe = Recipe(epochs=1, batch_size=128, hflip=False, shift=1)
+    logs: list[str] = []
+    net, meta = fit_early_exit("revcol-tiny", digits, recipe, root=tmp_path, progress=False, log=logs.append)
+    again, meta2 = fit_early_exit("revcol-tiny", digits, recipe, root=tmp_path, progress=False, log=logs.append)
+    assert "[cache]" in logs[-1] and meta2["exit_test_accuracy"] == meta["exit_test_accuracy"]
+    (path,) = (tmp_path / "digits").glob("revcol-tiny-exits-*.pt")
+    path.write_bytes(path.read_bytes()[:100])  # truncated: reported and retrained, never used
+    fit_early_exit("revcol-tiny", digits, recipe, root=tmp_path, progress=False, log=logs.append)
+    assert any("unreadable" in m and "retraining" in m for m in logs)
+    two, tmeta = fit_early_exit("revcol-tiny", digits, recipe, training="two-stage", root=tmp_path, progress=False,
+                                log=logs.append)
+    (bpath,) = [q for q in (tmp_path / "digits").glob("revcol-tiny-*.pt") if "-exits-" not in q.name]
+    backbone, _ = load_checkpoint(bpath)
+    assert params_digest(two.segments) == params_digest(backbone.segments)  # heads-only stage left it alone
+    assert params_digest(two.heads[-1]) == params_digest(backbone.heads[-1])
+    with pytest.raises(ConfigError):
+        fit_early_exit("revcol-tiny", digits, recipe, training="sideways", root=tmp_path)
+    with pytest.raises(ConfigError):
+        fit_early_exit("cnn-s", digits, recipe, root=tmp_path, progress=False, log=logs.append)

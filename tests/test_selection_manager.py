@@ -15,7 +15,7 @@ from dyninfer.data.datasets import load_dataset
 from dyninfer.errors import CheckpointError, ConfigError, DyninferError
 from dyninfer.methods.selection import BackboneManager, BackbonePool, load_backbone
 from dyninfer.models import create_model
-from dyninfer.runtime.cost import model_bytes
+from dyninfer.runtime.cost import count_flops, model_bytes
 from dyninfer.train.checkpoint import save_checkpoint
 
 
@@ -172,6 +172,7 @@ def test_torchvision_pool_structure_size_and_cost(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad(), mgr.use("tv-mobilenet_v2") as m:
         assert m(x).shape == (2, spec.num_classes)
+        assert count_flops(m, (1, 32, 32)) == count_flops(ref, (1, 32, 32)) > 1e6
     with torch.no_grad(), mgr.use("tv-mobilenet_v3_large") as m:
         assert m(x).shape == (2, spec.num_classes)
     assert mgr.resident() == ["tv-mobilenet_v3_large"] and mgr.stats().evictions == 1

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data.datasets import Dataset, load_dataset
-from .errors import TraceError
+from .errors import ConfigError, TraceError
 from .io import cache_dir
 from .presets import Preset, get_preset
 from .trace import Trace, measure_costs, record_trace
@@ -52,6 +52,9 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, s
     data = load_dataset(dataset, root=data_root, seed=seed, calib_size=p.calib_size, train_limit=p.train_limit)
     log(f"[data] {data.meta}")
     names = models or list(p.models)
+    unknown = [n for n in names if n not in p.models]
+    if unknown:
+        raise ConfigError(f"preset {p.name!r} has no models {unknown}; it has {list(p.models)}")
     trained, metas = {}, {}
     for name in names:
         trained[name], metas[name] = cached_model(name, data, p.models[name], seed=seed, device=device,
@@ -70,8 +73,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, s
         sample = data.calib.x[:256].to(device)
         costs = measure_costs(trained, sample, repeats=p.latency_repeats, min_time_s=p.latency_min_s, log=log)
         for s in ("calib", "test"):
-            meta = {"dataset": data.meta, "split": s, "preset": p.name, "models": metas and
-                    {n: {k: metas[n][k] for k in ("test_accuracy", "flops", "params", "recipe")} for n in names}}
+            meta = {"dataset": data.meta, "split": s, "preset": p.name,
+                    "models": {n: {k: metas[n][k] for k in ("test_accuracy", "flops", "params", "recipe")} for n in names}}
             traces[s] = record_trace(trained, data.split(s), costs, meta=meta, progress=progress)
             traces[s].save(folder / s)
         log(f"[trace] recorded {folder}")

@@ -12,6 +12,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 
     add_common(p)
     p.add_argument("--out", default=None, help="report folder (default: reports/cascade-<dataset>-<preset>)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="subset of the preset's models, cheapest first; the last is the teacher (default: all)")
     p.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS), help="routers to compare")
     p.add_argument("--tolerance", type=float, default=0.001,
                    help="accuracy the cascade may lose against the teacher, as a fraction (default 0.001 = 0.1 points)")
@@ -26,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     from .report import write_report
 
     cfg = CascadeExperimentConfig(dataset=args.dataset, data_root=args.data_root, preset=args.preset, seed=args.seed,
+                                  models=tuple(args.models) if args.models else None,
                                   routers=tuple(args.routers), tolerance=args.tolerance,
                                   serving_batch=args.serving_batch, grid_g_per_kwh=args.grid_intensity,
                                   cpu_watts_per_thread=args.cpu_watts_per_thread, device=args.device,

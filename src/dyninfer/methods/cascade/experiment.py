@@ -44,6 +44,7 @@ class CascadeExperimentConfig:
     dataset: str = "fashion-mnist"   # dataset registry name
     data_root: str | None = None     # dataset folder override
     preset: str = "quick"            # models and training budget (quick, full, tiny)
+    models: tuple[str, ...] | None = None  # subset of the preset's models, cheapest first (None: all)
     seed: int = 0                    # splits, training, random router
     routers: tuple[str, ...] = tuple(ROUTERS)  # routers compared on the same traces
     tolerance: float = 0.001         # accuracy the cascade may lose against the teacher (0.001 = 0.1 points)
@@ -100,7 +101,7 @@ def run_experiment(cfg: CascadeExperimentConfig, log: Callable[[str], None] = pr
     """Run the whole experiment; return a dict of every figure plus the arrays the plots need."""
     t_start = time.perf_counter()
     prep = prepare(cfg.dataset, cfg.preset, seed=cfg.seed, data_root=cfg.data_root, device=cfg.device,
-                   progress=cfg.progress, log=log)
+                   models=list(cfg.models) if cfg.models else None, progress=cfg.progress, log=log)
     names = list(prep.models)
     if len(names) < 2:
         raise ConfigError(f"a cascade needs at least two models; preset {cfg.preset} has {names}")
@@ -218,7 +219,7 @@ def run_experiment(cfg: CascadeExperimentConfig, log: Callable[[str], None] = pr
     public = lambda f: {k: v for k, v in f.items() if not k.startswith("_")}  # noqa: E731
     return {
         "config": asdict(cfg), "versions": versions(), "data": prep.data.meta, "preset": prep.preset.name,
-        "models": prep.model_meta and {k: {kk: v for kk, v in m.items() if kk != "versions"} for k, m in prep.model_meta.items()},
+        "models": {k: {kk: v for kk, v in m.items() if kk != "versions"} for k, m in prep.model_meta.items()},
         "teacher": {"name": teacher, "test_accuracy": t_acc_test, "calib_accuracy": t_acc_cal, "flops": t_flops},
         "static": static, "fits": [public(f) for f in fits],
         "best": public(best), "runtime": runtime, "mcnemar_cascade_vs_teacher": mc,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter
 
 from ...io import atomic_dir, write_json
 from ...report.plots import pyplot, save
@@ -164,6 +165,8 @@ def _plots(res: dict, folder: Path) -> None:
     hi = 100 * orc.accuracy + 0.5
     for ax, xl in ((ax_f, "MFLOPs per image"), (ax_l, f"ms per image at batch {batch}")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
         ax.set_ylim(lo, hi)
         ax.set_xlabel(xl)
         ax.set_ylabel("test accuracy (%)")

@@ -53,6 +53,7 @@ class AdaptLog:
         infer_s: (N,) wall time of the prediction (threshold exiting at batch 1, features kept).
         update_s: (U,) wall time of each head update (loss, backward, SGD step).
         update_heads: (U,) number of heads each update touched.
+        update_cpu_s: (U,) CPU time of the updating thread for each update (unaffected by other jobs).
     """
 
     exit: np.ndarray
@@ -60,15 +61,19 @@ class AdaptLog:
     infer_s: np.ndarray
     update_s: np.ndarray
     update_heads: np.ndarray
+    update_cpu_s: np.ndarray
 
     def summary(self) -> dict:
-        u = self.update_s
-        worst = self.update_s[self.update_heads == self.update_heads.max()] if u.size else u
+        u, c = self.update_s, self.update_cpu_s
+        full = self.update_heads == self.update_heads.max() if u.size else np.zeros(0, bool)
+        worst, worst_cpu = u[full], c[full]
         return {"stream": int(self.exit.size), "updates": int(u.size),
                 "exit_share": np.bincount(self.exit, minlength=int(self.exit.max(initial=0)) + 1).tolist(),
                 "update_ms_median": float(np.median(u) * 1e3) if u.size else 0.0,
                 "update_ms_mean": float(np.mean(u) * 1e3) if u.size else 0.0,
                 "update_ms_worst_case_median": float(np.median(worst) * 1e3) if worst.size else 0.0,
+                "update_cpu_ms_median": float(np.median(c) * 1e3) if c.size else 0.0,
+                "update_cpu_ms_worst_case_median": float(np.median(worst_cpu) * 1e3) if worst_cpu.size else 0.0,
                 "infer_ms_median": float(np.median(self.infer_s) * 1e3) if self.infer_s.size else 0.0}
 
 
@@ -125,9 +130,13 @@ class TestTimeSpecializer:
                 return p, int(logits.argmax(-1)[0]), carries
         raise AssertionError("unreachable")
 
-    def _update(self, batch: list[tuple[int, int, list]]) -> tuple[float, int]:
-        """One SGD step of heads j < exit towards the answer, over a batch of (exit, pred, carries)."""
-        t0 = time.perf_counter()
+    def _update(self, batch: list[tuple[int, int, list]]) -> tuple[float, float, int]:
+        """One SGD step of heads j < exit towards the answer, over a batch of (exit, pred, carries).
+
+        Returns:
+            (wall seconds, CPU seconds of this thread, heads touched).
+        """
+        t0, c0 = time.perf_counter(), time.thread_time()
         losses = []
         touched = 0
         for j in self.exits_:
@@ -142,7 +151,7 @@ class TestTimeSpecializer:
             self.optimizer_.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
             self.optimizer_.step()
-        return time.perf_counter() - t0, touched
+        return time.perf_counter() - t0, time.thread_time() - c0, touched
 
     def adapt(self, x: torch.Tensor, *, progress: bool = True) -> "TestTimeSpecializer":
         """Process the stream ``x`` (N, C, H, W) in order: predict each image, then update the earlier heads.
@@ -152,7 +161,7 @@ class TestTimeSpecializer:
         """
         x = self.net.check_input(x, where="TestTimeSpecializer.adapt")
         self.net.eval()  # the backbone stays in inference mode: batch-norm statistics are frozen too
-        exits, preds, infer, upd, heads = [], [], [], [], []
+        exits, preds, infer, upd, cpu, heads = [], [], [], [], [], []
         pending: list = []
         for i in tqdm(range(x.shape[0]), desc="specialise", disable=not progress, leave=False, mininterval=1.0):
             t0 = time.perf_counter()
@@ -164,16 +173,18 @@ class TestTimeSpecializer:
             if e > 0:
                 pending.append((e, pred, carries))
             if len(pending) >= self.config.batch_size:
-                dt, touched = self._update(pending)
+                dt, dc, touched = self._update(pending)
                 upd.append(dt)
+                cpu.append(dc)
                 heads.append(touched)
                 pending = []
         if pending:
-            dt, touched = self._update(pending)
+            dt, dc, touched = self._update(pending)
             upd.append(dt)
+            cpu.append(dc)
             heads.append(touched)
         self.log_ = AdaptLog(np.asarray(exits, int), np.asarray(preds, int), np.asarray(infer),
-                             np.asarray(upd), np.asarray(heads, int))
+                             np.asarray(upd), np.asarray(heads, int), np.asarray(cpu))
         return self
 
     def update_flops(self) -> int:

@@ -17,7 +17,7 @@ from ...errors import ConfigError
 from ...io import versions
 from ...scores import make_score
 from .adapt import SpecializeConfig, TestTimeSpecializer
-from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, TABLE_THRESHOLDS, calibration, latency_to_reach,
+from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, TABLE_THRESHOLDS, calibration,
                          measure_exit_latencies, params_digest, subset_curves, table1, time_runtime_per_sample)
 from .method import EarlyExit, exit_costs, record_exit_trace, uniform
 from .presets import EE_PRESETS, EarlyExitPreset
@@ -61,6 +61,9 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed, calib_size=preset.calib_size,
                         train_limit=preset.train_limit, test_limit=preset.test_limit)
     log(f"[data] {data.meta}")
+    subsets = list(cfg.subsets) or list(SUBSETS.get(cfg.dataset, {}))
+    for sub in subsets:  # fail before any training on a bad subset name
+        subset_classes(data.spec, sub)
     recipe = preset.recipe
     if cfg.dataset == "digits" and recipe.hflip:
         raise ConfigError("digits must not be flipped; use the tiny preset (hflip=False) for digits")
@@ -98,8 +101,9 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             "accuracy_0.9": at09["accuracy"], "accuracy_final_exit": last["accuracy"], "gap_points": gap,
             "latency_0.9_model_ms": at09["lat1_model_ms"], "latency_final_exit_median_ms": last["lat1_median_ms"],
             "latency_reduction_model": 1 - at09["lat1_model_ms"] / last["lat1_median_ms"],
-            "latency_0.9_measured_ms": at09["lat1_ms"], "latency_final_exit_measured_mean_ms": last["lat1_ms"],
-            "latency_reduction_measured": 1 - at09["lat1_ms"] / last["lat1_ms"],
+            "latency_0.9_measured_ms": at09["lat1_ms"], "latency_final_exit_measured_ms": last["per_image_ms"],
+            "latency_reduction_measured": 1 - at09["lat1_ms"] / last["per_image_ms"],
+            "measured_note": "both timed image by image on the same test images (median of 3 runs per image)",
             "latency_reduction_model_vs_baseline": 1 - at09["lat1_model_ms"] / med["baseline"],
             "judged_on": "exit model (per-exit interleaved medians x exit distribution of the whole test split)",
             "met": bool(gap <= 1.0 and at09["lat1_model_ms"] <= 0.7 * last["lat1_median_ms"]),
@@ -111,14 +115,16 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             "overhead_heads_only_pct": 100 * (med[f"module_exit{P - 1}"] / med["baseline"] - 1),
             "overhead_runtime_vs_plain_baseline_pct": 100 * (med[f"runtime_exit{P - 1}"] / med["baseline"] - 1),
             "overhead_runtime_means_pct": 100 * (lat[f"runtime_exit{P - 1}"]["mean_ms"] / lat["runtime_baseline"]["mean_ms"] - 1),
-            "judged_on": "medians of interleaved batch-1 calls: runtime forced to the last exit vs the baseline "
-                         "network as a single runtime stage (same input checks, so only heads and exit decisions differ)",
-            "met": bool(med[f"runtime_exit{P - 1}"] / med["runtime_baseline"] - 1 < 0.05),
+            "judged_on": "medians of interleaved batch-1 calls. met_heads: the paper's measurement (fixed last exit "
+                         "computing every intermediate head vs the baseline network); met_runtime: the runtime forced "
+                         "to the last exit (heads + softmax + threshold decisions) vs the baseline network run as a "
+                         "single runtime stage (same input checks)",
+            "met_heads": bool(med[f"module_exit{P - 1}"] / med["baseline"] - 1 < 0.05),
+            "met_runtime": bool(med[f"runtime_exit{P - 1}"] / med["runtime_baseline"] - 1 < 0.05),
         },
     }
     log(f"[targets] {targets}")
 
-    subsets = list(cfg.subsets) or list(SUBSETS.get(cfg.dataset, {}))
     tts = []
     backbone_digest = params_digest(net.segments)
     final_digest = params_digest(net.heads[P - 1])
@@ -140,22 +146,19 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             after = subset_curves(after_tr, score, mask, exit_ms, CURVE_THRESHOLDS)
             after_fine = subset_curves(after_tr, score, mask, exit_ms, FINE_THRESHOLDS)
             hi = FINE_THRESHOLDS[-1]
-            target_acc = before_fine["subset"]["accuracy"][-1]
-            lat_before = before_fine["subset"]["latency_ms"][-1]
-            lat_after = latency_to_reach(after_fine["subset"], target_acc)
-            # measured check: batch-1 runtime on the subset's test images, before (restored) and after
+            target_acc = before_fine["subset"]["accuracy"][-1]  # the subset accuracy at the highest threshold
+            lat_before_hi = before_fine["subset"]["latency_ms"][-1]
+            # like with like: the cheapest threshold reaching the target, on each curve
+            lat_before, th_before = _cheapest(before_fine["subset"], target_acc)
+            lat_after, th_after = _cheapest(after_fine["subset"], target_acc)
+            # measured check: batch-1 runtime on the subset's test images at those thresholds, after and before
             n_chk = min(preset.latency_samples, int(mask.sum()))
             x_chk = data.test.x[torch.from_numpy(np.flatnonzero(mask)[:n_chk])]
-            th_after = None
-            if lat_after is not None:
-                i = [j for j, (a, lt) in enumerate(zip(after_fine["subset"]["accuracy"], after_fine["subset"]["latency_ms"]))
-                     if a >= target_acc - 1e-12 and lt == lat_after][0]
-                th_after = FINE_THRESHOLDS[i]
-                meas_after = float(time_runtime_per_sample(policy.runtime(net, uniform(th_after, P)), x_chk, repeats=3,
-                                                            clock=CLOCKS[cfg.clock]).mean() * 1e3)
+            meas_after = None if th_after is None else float(time_runtime_per_sample(
+                policy.runtime(net, uniform(th_after, P)), x_chk, repeats=3, clock=CLOCKS[cfg.clock]).mean() * 1e3)
             adapted_state = spec.snapshot()
             spec.restore(snap)
-            meas_before = float(time_runtime_per_sample(policy.runtime(net, uniform(hi, P)), x_chk, repeats=3,
+            meas_before = float(time_runtime_per_sample(policy.runtime(net, uniform(th_before, P)), x_chk, repeats=3,
                                                          clock=CLOCKS[cfg.clock]).mean() * 1e3)
             spec.restore(adapted_state)
             unchanged = {"backbone_bitwise_unchanged": params_digest(net.segments) == backbone_digest,
@@ -175,10 +178,12 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                 "before": before, "after": after,
                 "target": {
                     "highest_threshold": hi, "pre_adaptation_subset_accuracy": target_acc,
-                    "latency_before_ms": lat_before, "latency_after_ms": lat_after, "threshold_after": th_after,
-                    "latency_reduction": red,
-                    "measured_batch1_before_ms": meas_before,
-                    "measured_batch1_after_ms": meas_after if lat_after is not None else None,
+                    "latency_at_highest_threshold_before_ms": lat_before_hi,
+                    "latency_before_ms": lat_before, "threshold_before": th_before,
+                    "latency_after_ms": lat_after, "threshold_after": th_after, "latency_reduction": red,
+                    "latency_reduction_vs_highest_threshold": None if lat_after is None else 1 - lat_after / lat_before_hi,
+                    "measured_batch1_before_ms": meas_before, "measured_batch1_after_ms": meas_after,
+                    "measured_reduction": None if meas_after is None else 1 - meas_after / meas_before,
                     "measured_images": n_chk,
                     "other_accuracy_before": other_before, "other_accuracy_after": other_after,
                     "other_accuracy_change_points": 100 * (other_after - other_before),
@@ -199,6 +204,15 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
         "calibrated_policy": fitted.calib_point_, "latency_batch1": lat, "table1": t1, "targets": targets,
         "specialisation": tts, "calibration": calib_info,
     }
+
+
+def _cheapest(curve: dict, target: float) -> tuple[float | None, float | None]:
+    """(latency, threshold) of the cheapest point of a fine-grid curve whose accuracy reaches ``target``."""
+    best = None
+    for th, acc, lat in zip(curve["threshold"], curve["accuracy"], curve["latency_ms"]):
+        if acc >= target - 1e-12 and (best is None or lat < best[0]):
+            best = (lat, th)
+    return best if best is not None else (None, None)
 
 
 @torch.inference_mode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 from ...cli import COMMANDS, Command
 
@@ -21,9 +20,27 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-threshold", type=float, default=0.9, help="exit threshold while adapting (default 0.9)")
     p.add_argument("--adapt-batch", type=int, default=1, help="stream images per head update (paper: 1)")
     p.add_argument("--training", choices=["joint", "two-stage"], default=None, help="override the preset's training mode")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="batch-1 latency clock: cpu = CPU time of the timing thread (default; robust when other jobs "
+                        "share the CPU), wall = wall clock")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--out", default=None, help="report folder (default: reports/early-exit-<preset>)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _command(args: argparse.Namespace, out: str) -> str:
+    """The equivalent ``dyninfer early-exit`` command line, from the parsed options (for the report)."""
+    parts = ["dyninfer", "early-exit", "--preset", args.preset, "--dataset", args.dataset, "--seed", str(args.seed),
+             "--score", args.score, "--adapt-lr", *[f"{v:g}" for v in args.adapt_lr],
+             "--adapt-threshold", f"{args.adapt_threshold:g}", "--adapt-batch", str(args.adapt_batch),
+             "--clock", args.clock, "--out", out]
+    if args.subsets:
+        parts += ["--subsets", *args.subsets]
+    if args.training:
+        parts += ["--training", args.training]
+    if args.data_root:
+        parts += ["--data-root", args.data_root]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,10 +50,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = BenchmarkConfig(preset=args.preset, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                           score=args.score, subsets=tuple(args.subsets), adapt_lrs=tuple(args.adapt_lr),
                           adapt_threshold=args.adapt_threshold, adapt_batch=args.adapt_batch, training=args.training,
-                          device=args.device, progress=not args.no_progress)
+                          clock=args.clock, device=args.device, progress=not args.no_progress)
     res = run(cfg)
     out = args.out or f"reports/early-exit-{args.preset}"
-    command = "dyninfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    command = _command(args, out)
     write_report(res, out, command=command)
     print(f"[report] {out}/REPORT.md")
     return 0

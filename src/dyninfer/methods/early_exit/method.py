@@ -26,12 +26,20 @@ from ...runtime.executor import SequentialRuntime
 from ...scores import Score, make_score
 from ...trace import Trace
 from ..cascade.simulate import simulate, stage_scores
-from .network import EarlyExitNetwork, carry_to
+from .network import EarlyExitNetwork
 from .train import exit_logits
 
 
 def exit_flops(net: EarlyExitNetwork) -> list[int]:
-    """Incremental FLOPs per sample of each exit (segment p + head p), counted."""
+    """Incremental FLOPs per sample of each exit, counted with torch's FlopCounterMode.
+
+    Args:
+        net: the network (its ``input_shape`` must be set).
+
+    Returns:
+        P integers: FLOPs of segment p plus head p; their cumulative sum up to p is what a sample leaving at
+        exit p costs.
+    """
     if net.input_shape is None:
         raise ConfigError("the network does not know its input shape; set net.input_shape = (C, H, W)")
     cum = [count_flops(net.exit_module(p, all_heads=True), net.input_shape) for p in range(net.n_exits)]
@@ -88,7 +96,22 @@ def exit_costs(net: EarlyExitNetwork, sample: torch.Tensor, *, batches: Sequence
 
 def record_exit_trace(net: EarlyExitNetwork, split: Split, costs: Sequence[PathCost], *, meta: dict | None = None,
                       batch_size: int = 512, progress: bool = False) -> Trace:
-    """Every exit's logits on ``split`` as a :class:`Trace` (paths = exits, costs = incremental costs)."""
+    """Every exit's logits on ``split`` as a :class:`Trace`.
+
+    Args:
+        net: the network.
+        split: images and labels.
+        costs: P incremental path costs (from :func:`exit_costs`).
+        meta: stored with the trace (dataset, split, ...); versions are added.
+
+    Returns:
+        a :class:`Trace` whose paths are the exits in order; simulate it with
+        :func:`dyninfer.methods.cascade.simulate.simulate` or :meth:`EarlyExit.simulate`.
+
+    Raises:
+        TraceError: empty split or a cost list that does not fit the exits.
+        InputError: images of the wrong shape.
+    """
     if len(split) == 0:
         raise TraceError("cannot record a trace on an empty split")
     if len(costs) != net.n_exits:
@@ -203,15 +226,11 @@ def time_runtime_per_sample(runtime: SequentialRuntime, x: torch.Tensor, *, warm
 
 
 def run_batched(runtime: SequentialRuntime, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run over ``x`` in batches; returns (pred (N,), exit (N,), seconds)."""
+    """Run the runtime over ``x`` (N, C, H, W) in batches of ``batch_size``.
+
+    Returns:
+        (pred (N,), exit (N,), wall seconds of the whole run).
+    """
     res = runtime.run(x, batch_size=batch_size)
     return res.pred.numpy(), res.exit.numpy(), res.seconds
 
-
-def carry_before(net: EarlyExitNetwork, x: torch.Tensor, p: int):
-    """The carry segment ``p`` receives (the images for p = 0)."""
-    carry = x
-    with torch.inference_mode():
-        for q in range(p):
-            carry = net.segments[q](carry)
-    return carry_to(carry, x.device)

@@ -8,13 +8,12 @@ own classifier. The plain ``forward`` is the *baseline*: all segments and the la
 
 from __future__ import annotations
 
-import copy
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError, InputError
+from ...errors import ConfigError
 from ...runtime.executor import Carry, Stage
 from ...runtime.validate import check_batch
 
@@ -106,8 +105,7 @@ class EarlyExitNetwork(nn.Module):
     def head_state(self, exits: Sequence[int] | None = None) -> dict[int, dict[str, torch.Tensor]]:
         """Deep copy of the weights of the given heads (default: all), keyed by exit index."""
         exits = range(self.n_exits) if exits is None else exits
-        return {int(p): copy.deepcopy({k: v.detach().clone() for k, v in self.heads[p].state_dict().items()})
-                for p in exits}
+        return {int(p): {k: v.detach().clone() for k, v in self.heads[p].state_dict().items()} for p in exits}
 
     def load_head_state(self, state: dict[int, dict[str, torch.Tensor]]) -> None:
         """Restore heads from :meth:`head_state` (in place, so optimisers keep their parameter objects)."""
@@ -148,18 +146,3 @@ class _StageModule(nn.Module):
     def forward(self, carry: Carry) -> torch.Tensor:
         return self.head(self.seg(carry))
 
-
-def carry_to(carry: Carry, device: torch.device | str) -> Carry:
-    if isinstance(carry, tuple):
-        return tuple(c.to(device) for c in carry)
-    return carry.to(device)
-
-
-def check_labels(y: object, n: int, num_classes: int, where: str) -> torch.Tensor:
-    """Validate integer labels (n,) in [0, num_classes)."""
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (n,):
-        raise InputError(f"{where}: expected integer labels of shape ({n},), got "
-                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise InputError(f"{where}: labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
-    return y.long()

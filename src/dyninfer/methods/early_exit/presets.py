@@ -1,7 +1,9 @@
 """Budgets of the early-exit benchmark: ``quick`` (smoke runs, under 2 minutes), ``full`` (the figures), ``tiny`` (tests).
 
-Training time of ``full`` (``revcol-s``, 29 MFLOPs, 5 joint epochs over 50k images, reversible backward):
-about 5 minutes on an idle 2-core CPU at ~200 GFLOP/s; several times longer while other jobs share the CPU.
+Training cost of ``full`` (``revcol-s``, 28.9 MFLOPs, 5 joint epochs over 50k images, reversible backward,
+so about 4 forward-pass equivalents per image): about 29 TFLOP, i.e. 2.5 minutes at the ~200 GFLOP/s an idle
+2-core CPU trains at (small convolutions reach less). Measured here: 1036 s with one torch thread while other jobs kept the load
+average near 6 on 2 cores.
 """
 
 from __future__ import annotations

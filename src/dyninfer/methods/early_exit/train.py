@@ -26,7 +26,7 @@ from ...models.registry import create_model
 from ...runtime.cost import count_flops, count_params
 from ...train.checkpoint import cache_key, cached_model, load_checkpoint, save_checkpoint
 from ...train.recipe import Recipe
-from ...train.trainer import TrainResult, augment_batch, predict_logits
+from ...train.trainer import TrainResult, augment_batch
 from .network import EarlyExitNetwork
 
 TRAINING_MODES = ("joint", "two-stage")
@@ -48,15 +48,17 @@ def train_exits(net: EarlyExitNetwork, data: Split, recipe: Recipe, *, heads_onl
         data: training split.
         recipe: epochs, batch size, learning rate, augmentation (as for any zoo model).
         heads_only: freeze the backbone (no gradients, batch-norm statistics fixed) and train heads only.
-        exits: the exits whose heads are trained (default: all; with ``heads_only``, e.g. all but the last
-            to keep the backbone's own classifier as it is).
+        exits: the exits whose heads are trained (default: all; with ``heads_only``, all but the last, so
+            the backbone's own classifier stays as it is).
         exit_weights: loss weight per trained exit (default: equal).
         seed: seeds shuffling and augmentation.
 
     Returns:
         :class:`~dyninfer.train.trainer.TrainResult` (smoothed final loss, seconds).
     """
-    exits = list(range(net.n_exits)) if exits is None else [int(p) for p in exits]
+    if exits is None:  # heads only: keep the backbone's own classifier as it is
+        exits = list(range(net.n_exits - 1 if heads_only else net.n_exits))
+    exits = [int(p) for p in exits]
     if not exits or any(not 0 <= p < net.n_exits for p in exits):
         raise ConfigError(f"exits to train must be a non-empty subset of 0..{net.n_exits - 1}, got {exits}")
     w = [1.0] * len(exits) if exit_weights is None else [float(v) for v in exit_weights]

@@ -13,7 +13,7 @@ from .pool import BackboneEntry, BackbonePool, CheckpointLoader, load_backbone
 from .runtime import SelectionResult, SelectionRuntime
 from .selector import BackboneSelector, ScorePolicy, SelectorConfig, time_per_image
 
-__all__ = ["BackboneEntry", "BackboneManager", "BackbonePool", "BackboneSelector", "CheckpointLoader", "ComplexityAnalyser",
-           "ComplexityConfig", "EarlyBlock", "ManagerStats", "PolicyConfig", "PolicyNet", "PooledPixels",
-           "ScorePolicy", "SelectionResult", "SelectionRuntime", "SelectorConfig", "choose", "load_backbone",
+__all__ = ["BackboneEntry", "BackboneManager", "BackbonePool", "BackboneSelector", "CheckpointLoader",
+           "ComplexityAnalyser", "ComplexityConfig", "EarlyBlock", "ManagerStats", "PolicyConfig", "PolicyNet",
+           "PooledPixels", "ScorePolicy", "SelectionResult", "SelectionRuntime", "SelectorConfig", "choose", "load_backbone",
            "make_features", "rewards", "time_per_image", "train_reinforce"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -21,11 +22,13 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="REINFORCE epochs (default: PolicyConfig's)")
     p.add_argument("--serving-batch", type=int, default=256, help="runtime batch size")
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved rounds of the real test-set runs")
+    p.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of backbone latency measurements")
     p.add_argument("--manager-stream", type=int, default=10000, help="test images streamed through the manager")
     p.add_argument("--tv-pool", nargs="*", default=None,
                    help="torchvision backbones for the half-budget manager figure (none: skip it)")
     p.add_argument("--tv-stream", type=int, default=8192, help="images streamed through the torchvision pool")
-    p.add_argument("--tv-batch", type=int, default=2048, help="batch of the torchvision-pool stream")
+    p.add_argument("--tv-batches", type=int, nargs="+", default=[1024, 2048],
+                   help="batch sizes of the torchvision-pool stream (the largest is the headline figure)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
 
@@ -45,10 +48,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = SelectionExperimentConfig(
         dataset=args.dataset, data_root=args.data_root, preset=args.preset, seed=args.seed, features=args.features,
         grid=args.grid, policy=policy, serving_batch=args.serving_batch, timing_rounds=args.timing_rounds,
-        manager_stream=args.manager_stream, tv_stream=args.tv_stream, tv_batch=args.tv_batch, device=args.device, threads=args.threads,
+        cost_rounds=args.cost_rounds,
+        manager_stream=args.manager_stream, tv_stream=args.tv_stream, tv_batches=tuple(args.tv_batches),
+        device=args.device, threads=args.threads,
         progress=not args.no_progress, **kw)
     res = run_experiment(cfg)
-    command = "dyninfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    prog = sys.argv[0] if sys.argv else "dyninfer"
+    head = "dyninfer" if prog.endswith("dyninfer") else f"python {os.path.relpath(prog)}"
+    command = " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
     folder = write_report(res, args.out, command)
     f = res["figures"]
     print(f"[report] {folder}/report.md")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,22 +19,22 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError, DyninferError
+from ...errors import ConfigError
 from ...evaluate.frontier import hull_accuracy_at, upper_hull
 from ...evaluate.stats import mcnemar
 from ...harness import prepare
 from ...io import cache_dir, versions
-from ...runtime.cost import EnergyMeter, co2_grams, time_calls
+from ...runtime.cost import EnergyMeter, PathCost, co2_grams, time_calls
 from ...trace import Trace, measure_costs
 from ...train.checkpoint import cache_key
 from .manager import BackboneManager
 from .policy import PolicyConfig
 from .pool import BackbonePool
-from .runtime import SelectionRuntime, resident_first
+from .manager_bench import measure_manager, torchvision_manager
+from .runtime import SelectionRuntime
 from .selector import BackboneSelector, ScorePolicy, SelectorConfig, time_per_image
 
 DEFAULT_LAMBDAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -57,6 +56,9 @@ class SelectionExperimentConfig:
     grid: int = 7                           # pooled feature map side
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # REINFORCE hyperparameters
     serving_batch: int = 256                # batch of the runtime and of the time-per-image figures
+    cost_rounds: int = 3                    # interleaved rounds of PathCost measurements (median round kept)
+    cost_repeats: int = 10                  # timed calls per batch size and round
+    cost_min_s: float = 0.3                 # minimum timed seconds per batch size and round
     timing_rounds: int = 3                  # interleaved rounds of the real test-set runs (median kept)
     overhead_repeats: int = 30              # timed calls of analyser+policy vs the cheapest backbone
     heuristic_grid: int = 21                # score quantiles per cut of the complexity-only heuristic
@@ -65,7 +67,7 @@ class SelectionExperimentConfig:
     tv_pool: tuple[str, ...] = TV_POOL      # torchvision pool for the half-budget manager figure ("" to skip)
     tv_image_size: int = 32                 # images are padded to this side for the torchvision pool
     tv_stream: int = 8192                   # images streamed through the torchvision pool (first batch: cold start)
-    tv_batch: int = 2048                    # batch of the torchvision-pool stream
+    tv_batches: tuple[int, ...] = (1024, 2048)  # batches of the torchvision-pool stream (largest: headline figure)
     grid_g_per_kwh: float = 400.0           # grid carbon intensity for CO2
     cpu_watts_per_thread: float = 8.0       # power model where no energy counter exists
     device: str = "cpu"                     # torch device
@@ -89,6 +91,24 @@ def checkpoint_paths(prep, seed: int) -> dict[str, Path]:
     for name in prep.models:
         key = cache_key(name, {}, prep.data, prep.preset.models[name].to_dict(), seed)
         out[name] = cache_dir() / "checkpoints" / prep.data.spec.name / f"{name}-{key}.pt"
+    return out
+
+
+def median_costs(rounds: list[list[PathCost]]) -> list[PathCost]:
+    """Merge cost measurements taken in interleaved rounds: per path and batch size, the round with the median time.
+
+    On a CPU shared with other jobs one round can land on a burst of contention; the median round does not.
+    """
+    out = []
+    for per_path in zip(*rounds):
+        base = per_path[0]
+        lat = {}
+        for b in base.latency:
+            stats = sorted((c.latency[b] for c in per_path), key=lambda s: s.median_s)
+            lat[b] = stats[len(stats) // 2]
+        energy = sorted(per_path, key=lambda c: c.energy_j_per_sample)[len(per_path) // 2]
+        out.append(dataclasses.replace(base, latency=lat, energy_j_per_sample=energy.energy_j_per_sample,
+                                       energy_source=energy.energy_source))
     return out
 
 
@@ -169,8 +189,9 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     log("[cost] measuring every backbone at batches 1..serving batch")
     sample = xc[: max(cfg.serving_batch, 256)].to(dev)
     batches = tuple(sorted({1, 16, 64, cfg.serving_batch}))
-    costs = measure_costs(prep.models, sample, batches=batches, repeats=prep.preset.latency_repeats,
-                          min_time_s=prep.preset.latency_min_s, log=log)
+    rounds = [measure_costs(prep.models, sample, batches=batches, repeats=cfg.cost_repeats,
+                            min_time_s=cfg.cost_min_s, log=log) for _ in range(cfg.cost_rounds)]
+    costs = median_costs(rounds)
     calib, test = with_costs(prep.calib, costs), with_costs(prep.test, costs)
     times = time_per_image(test, cfg.serving_batch)  # (P,) seconds per image at the serving batch
     static_acc_c = np.array([calib.accuracy(p) for p in names])
@@ -207,7 +228,8 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     xb1 = xt[:1].to(dev)
     main_any = fitted["policy"][cfg.lambdas[0]]
     eb_any = fitted.get("policy (early-block features)", {}).get(cfg.lambdas[0])
-    calls = {"cheapest backbone": lambda x: smallest(x), "analyser only": lambda x: analyser.components(x, validate=False),
+    calls = {"cheapest backbone": lambda x: smallest(x),
+             "analyser only": lambda x: analyser.components(x, validate=False),
              "analyser + policy": lambda x: main_any.logits(x)}
     if eb_any is not None:
         calls["analyser + policy (early-block)"] = lambda x: eb_any.logits(x)
@@ -256,7 +278,8 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
         best = max(rows, key=lambda r: r["calib_heldout"]["margin"])
         chosen[vname] = best
         log(f"[select] {vname}: lambda {best['lambda']} chosen on calibration (held-out margin "
-            f"{100 * best['calib_heldout']['margin']:+.2f} pts) -> test accuracy {100 * best['test']['accuracy']:.2f}%, "
+            f"{100 * best['calib_heldout']['margin']:+.2f} pts) -> test accuracy "
+            f"{100 * best['test']['accuracy']:.2f}%, "
             f"{best['test']['time_per_image_s'] * 1e6:.1f} us/image, margin {100 * best['test']['margin']:+.2f} pts, "
             f"oracle share {100 * best['test']['oracle_share_captured']:.1f}%")
     res["curves"] = curves
@@ -325,7 +348,10 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
         runners[n] = (lambda m=m: (_run_static(m, xt.to(dev), cfg.serving_batch).cpu().numpy(), None))
     for lam in table_lams:
         rt = SelectionRuntime(fitted["policy"][lam], full_mgr, seed=cfg.seed)
-        runners[f"adaptive lam={lam:g}"] = (lambda rt=rt: (lambda r: (r.pred.numpy(), r))(rt.run(xt, cfg.serving_batch)))
+        def run_adaptive(rt=rt):
+            r = rt.run(xt, cfg.serving_batch)
+            return r.pred.numpy(), r
+        runners[f"adaptive lam={lam:g}"] = run_adaptive
     for n in names:  # warm the manager: every backbone resident (the table measures steady state)
         full_mgr.get(n)
     measured: dict[str, dict] = {k: {"seconds": [], "joules": []} for k in runners}
@@ -358,6 +384,12 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
                         "predicted_time_per_image_ms": 1e3 * (times[sim.path].mean() + ov_main),
                         "decide_share": r.decide_seconds / r.seconds, "share": r.counts.tolist()})
         table.append(row)
+    st_t = np.array([r["time_per_image_ms"] for r in table if r["system"] in names])
+    st_a = np.array([r["accuracy"] for r in table if r["system"] in names])
+    for r in table:  # the same comparison with wall times measured for real on the whole test set
+        if "lambda" in r:
+            r["real_hull_accuracy"] = float(hull_accuracy_at(st_t, st_a, r["time_per_image_ms"]))
+            r["real_margin"] = r["accuracy"] - r["real_hull_accuracy"]
     res["table1"] = {"rows": table, "energy_source": energy_source, "n_images": test.n,
                      "grid_g_per_kwh": cfg.grid_g_per_kwh}
 
@@ -374,10 +406,17 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     budgets = {"smallest legal (largest backbone)": pool.largest_bytes}
     if half >= pool.largest_bytes:
         budgets["half the pool"] = half
+    # the lambda whose calibration routing spreads most evenly over the pool: the most switching
+    def entropy(sel: BackboneSelector) -> float:
+        sh = np.bincount(sel.simulate(calib, xc).path, minlength=P) / calib.n
+        return float(-(sh[sh > 0] * np.log(sh[sh > 0])).sum())
+    mixed_lam = max(fitted["policy"], key=lambda lam: entropy(fitted["policy"][lam]))
+    streams = {f"chosen lambda {best_lam:g}": best_sel, f"most mixed lambda {mixed_lam:g}": fitted["policy"][mixed_lam]}
     res["manager"]["runs"] = {}
     for bname, budget in budgets.items():
-        res["manager"]["runs"][bname] = measure_manager(best_sel, pool, budget, stream, cfg.serving_batch, dev,
-                                                        cfg.seed, names, log)
+        for sname, sel in streams.items():
+            res["manager"]["runs"][f"{bname}, {sname}"] = measure_manager(sel, pool, budget, stream, cfg.serving_batch,
+                                                                          dev, cfg.seed, log)
     if cfg.tv_pool:
         res["manager"]["torchvision"] = torchvision_manager(cfg, prep, analyser, log)
     res["seconds"] = time.perf_counter() - t_start
@@ -385,89 +424,13 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     return res
 
 
-def measure_manager(selector: BackboneSelector, pool: BackbonePool, budget: int, stream: torch.Tensor, batch: int,
-                    dev: torch.device, seed: int, names: list[str], log: Callable[[str], None]) -> dict:
-    """Stream images through the selection runtime with a manager under ``budget``; overhead and memory."""
-    mgr = BackboneManager(pool, budget, device=dev)
-    rt = SelectionRuntime(selector, mgr, seed=seed)
-    rt(stream[:batch])  # warm-up batch (first loads are cold-start, not switching)
-    cold = mgr.stats().load_seconds
-    mgr.reset_stats()
-    r = rt.run(stream, batch)
-    st = mgr.stats()
-    out = {"budget_bytes": budget, "budget_share_of_pool": budget / pool.total_bytes,
-           "switching_overhead": r.load_seconds / r.seconds, "total_seconds": r.seconds,
-           "load_seconds": r.load_seconds, "inference_seconds": float(r.backbone_seconds.sum()),
-           "decide_seconds": r.decide_seconds, "batches": -(-stream.shape[0] // batch), "images": stream.shape[0],
-           "within_budget": st.peak_bytes <= budget and st.peak_measured_bytes <= budget,
-           "cold_start_load_seconds": cold, **st.to_dict()}
-    log(f"[manager] budget {budget} B ({100 * out['budget_share_of_pool']:.0f}% of pool): switching overhead "
-        f"{100 * out['switching_overhead']:.2f}%, peak {st.peak_measured_bytes} B, hits {st.hits}, "
-        f"misses {st.misses}, evictions {st.evictions}")
-    return out
-
-
-def torchvision_manager(cfg: SelectionExperimentConfig, prep, analyser, log: Callable[[str], None]) -> dict:
-    """The paper's torchvision pool (weights=None) under half its bytes, on a mixed Fashion-MNIST stream.
-
-    Images are padded to ``tv_image_size`` (DenseNets need at least 32x32) and routed by the complexity
-    score in equal-mass bins (lightest backbone for the simplest images); backbones load on a miss from
-    checkpoints written once to a temporary folder.
-    """
-    dev = torch.device(cfg.device)
-    pad = (cfg.tv_image_size - prep.data.spec.image_size[0]) // 2
-    spec = dataclasses.replace(prep.data.spec, image_size=(cfg.tv_image_size, cfg.tv_image_size))
-    x = prep.data.test.x[: cfg.tv_stream]
-    x = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
-    with tempfile.TemporaryDirectory(prefix="dyninfer-tvpool-") as folder:
-        pool = BackbonePool.from_registry(list(cfg.tv_pool), spec, folder, weights=None, progress=log)
-        half = pool.total_bytes // 2
-        if half < pool.largest_bytes:
-            log(f"[manager] torchvision pool: half its bytes cannot hold its largest backbone; skipped")
-            return {"pool": pool.names, "error": f"half the pool ({half} B) < largest backbone ({pool.largest_bytes} B)"}
-        n = len(pool)
-        cuts = np.quantile(analyser.score(prep.data.calib.x).numpy(), np.linspace(0, 1, n + 1)[1:-1])
-        pol = ScorePolicy(analyser, cuts)
-        choice = pol.choose(prep.data.test.x[: cfg.tv_stream])  # on the unpadded images, as fitted
-        mgr = BackboneManager(pool, half, device=dev)
-        order = pool.names
-        t_total = load0 = 0.0
-        inf = 0.0
-        first = True
-        for i in tqdm(range(0, x.shape[0], cfg.tv_batch), desc="torchvision pool stream", disable=not cfg.progress):
-            xb, cb = x[i:i + cfg.tv_batch], choice[i:i + cfg.tv_batch]
-            t0 = time.perf_counter()
-            present = [p for p in range(n) if bool((cb == p).any())]
-            present = resident_first(present, order, mgr)
-            for p in present:
-                idx = (cb == p).nonzero().squeeze(1)
-                with mgr.use(order[p]) as model, torch.inference_mode():
-                    ts = time.perf_counter()
-                    model(xb[idx].to(dev))
-                    inf += time.perf_counter() - ts if not first else 0.0
-            if first:  # the first batch is the cold start: every backbone loads once
-                cold = mgr.stats().load_seconds
-                mgr.reset_stats()
-                first = False
-                continue
-            t_total += time.perf_counter() - t0
-        st = mgr.stats()
-        out = {"pool": order, "pool_bytes": {e.name: e.bytes for e in pool}, "pool_total_bytes": pool.total_bytes,
-               "budget_bytes": half, "images": int(x.shape[0]), "batch": cfg.tv_batch,
-               "image_size": cfg.tv_image_size, "switching_overhead": st.load_seconds / t_total if t_total else 0.0,
-               "total_seconds": t_total, "inference_seconds": inf, "cold_start_load_seconds": cold,
-               "within_budget": st.peak_bytes <= half and st.peak_measured_bytes <= half, **st.to_dict()}
-    log(f"[manager] torchvision pool ({pool.total_bytes / 1e6:.0f} MB), budget half ({half / 1e6:.0f} MB): "
-        f"switching overhead {100 * out['switching_overhead']:.2f}%, peak {st.peak_measured_bytes / 1e6:.1f} MB, "
-        f"misses {st.misses}, evictions {st.evictions}")
-    return out
-
-
 def summarise(res: dict) -> dict:
     """The issue's target figures, each with whether it was met."""
     ch = res["chosen"]["policy"]
     ov = res["overhead"]["serving_batch"]["analyser + policy / cheapest %"]
+    real = [r for r in res["table1"]["rows"] if r.get("lambda") == ch["lambda"]]
     out = {"chosen_lambda": ch["lambda"], "test_margin_pts": 100 * ch["test"]["margin"],
+           "real_run_margin_pts": 100 * real[0]["real_margin"] if real else float("nan"),
            "oracle_share_captured_pct": 100 * ch["test"]["oracle_share_captured"],
            "above_static_hull": ch["test"]["margin"] > 0,
            "max_test_margin_over_lambdas_pts": 100 * max(r["test"]["margin"] for r in res["curves"]["policy"]),
@@ -476,8 +439,9 @@ def summarise(res: dict) -> dict:
     tv = res["manager"].get("torchvision")
     if tv is not None and "error" in tv:
         tv = None
-    if "half the pool" in runs:
-        h = runs["half the pool"]
+    half_runs = [r for k, r in runs.items() if k.startswith("half the pool")]
+    if half_runs:
+        h = max(half_runs, key=lambda r: r["switching_overhead"])
         out.update({"half_budget_pool": "trained pool", "switching_overhead_pct": 100 * h["switching_overhead"]})
     elif tv is not None:
         h = tv

@@ -30,7 +30,8 @@ class SelectionResult:
         seconds: wall time, validation included.
         decide_seconds: time spent on analyser + features + policy.
         backbone_seconds: (P,) time inside each backbone (inference only).
-        load_seconds: time the manager spent loading backbones (switching overhead).
+        load_seconds: time the manager spent loading backbones during the call (switching overhead; with
+            several threads sharing one manager it includes loads made for the other threads meanwhile).
         counts: (P,) images sent to each backbone.
     """
 

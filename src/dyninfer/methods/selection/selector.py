@@ -253,7 +253,7 @@ class ScorePolicy:
 
     def __init__(self, analyser: ComplexityAnalyser, thresholds: Sequence[float]) -> None:
         t = np.asarray(thresholds, float)
-        if np.any(np.diff(t) < 0):
+        if np.any(t[1:] < t[:-1]):
             raise ConfigError(f"score thresholds must be increasing, got {list(t)}")
         self.analyser = analyser
         self.thresholds = t

@@ -1,0 +1,126 @@
+"""Test-time specialisation: only early heads move, snapshots round-trip, exits move earlier on the subset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dyninfer.data import load_dataset
+from dyninfer.errors import ConfigError, InputError
+from dyninfer.methods.early_exit import train_exits
+from dyninfer.methods.early_exit.adapt import SpecializeConfig, TestTimeSpecializer
+from dyninfer.methods.early_exit.evaluation import latency_to_reach, params_digest, subset_curves
+from dyninfer.methods.early_exit.method import EarlyExit, exit_costs, record_exit_trace, uniform
+from dyninfer.methods.early_exit.streams import class_mask, subset_classes, subset_stream
+from dyninfer.models import create_model
+from dyninfer.scores import make_score
+from dyninfer.train import Recipe
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", calib_size=400)
+
+
+@pytest.fixture(scope="module")
+def net(digits):
+    torch.manual_seed(0)
+    net = create_model("revcol-tiny", digits.spec)
+    train_exits(net, digits.train, Recipe(epochs=4, batch_size=64, hflip=False, shift=1), seed=0, progress=False)
+    return net.eval()
+
+
+def test_only_early_heads_change_and_snapshot_restores(net, digits):
+    P = net.n_exits
+    backbone0 = params_digest(net.segments)
+    final0 = params_digest(net.heads[P - 1])
+    heads0 = [params_digest(h) for h in net.heads]
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=0.05, momentum=0.9, threshold=0.95))
+    snap = spec.snapshot()
+    stream = subset_stream(digits.calib, subset_classes(digits.spec, "straight"), per_class=20, seed=0)
+    spec.adapt(stream.x, progress=False)
+    assert params_digest(net.segments) == backbone0  # backbone weights and batch-norm statistics
+    assert params_digest(net.heads[P - 1]) == final0  # the last head never learns
+    assert any(params_digest(net.heads[p]) != heads0[p] for p in range(P - 1))
+    log = spec.log_
+    assert log.exit.shape == (len(stream),) and log.update_s.size == int((log.exit > 0).sum())
+    assert (log.update_s > 0).all() and log.update_heads.max() <= P - 1
+    assert spec.update_flops() > 0
+    adapted = spec.snapshot()
+    spec.restore(snap)
+    assert [params_digest(h) for h in net.heads] == heads0
+    assert spec.n_seen_ == 0 and spec.optimizer_.state_dict()["state"] == {}
+    spec.restore(adapted)  # and forward again: the adapted heads and the momentum buffers come back
+    assert spec.n_seen_ == len(stream) and spec.optimizer_.state_dict()["state"]
+    spec.restore(snap)
+
+
+def test_answers_during_adaptation_match_the_runtime(net, digits):
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=1e-4, threshold=0.9))
+    snap = spec.snapshot()
+    x = digits.test.x[:40]
+    # with updates this small the heads barely move; the first answer is made before any update
+    spec.adapt(x[:1], progress=False)
+    res = EarlyExit().runtime(net, uniform(0.9, net.n_exits))(x[:1])
+    spec.restore(snap)
+    assert spec.log_.exit[0] == int(res.exit[0]) and spec.log_.pred[0] == int(res.pred[0])
+
+
+def test_specialisation_makes_subset_exit_earlier(net, digits):
+    P = net.n_exits
+    classes = subset_classes(digits.spec, "round")
+    costs = exit_costs(net, digits.calib.x[:16], batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
+    before = record_exit_trace(net, digits.test, costs)
+    mask = class_mask(before.labels, classes)
+    exit_ms = [1.0 * (p + 1) for p in range(P)]  # cost proportional to depth
+    score = make_score("max_softmax")
+    ths = [float(t) for t in np.round(np.arange(0.5, 0.951, 0.05), 2)]
+    cb = subset_curves(before, score, mask, exit_ms, ths)
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=0.02, threshold=0.95))
+    snap = spec.snapshot()
+    spec.adapt(subset_stream(digits.calib, classes, per_class=40, seed=1).x, progress=False)
+    after = record_exit_trace(net, digits.test, costs)
+    spec.restore(snap)
+    ca = subset_curves(after, score, mask, exit_ms, ths)
+    assert ca["subset"]["latency_ms"][-1] < cb["subset"]["latency_ms"][-1]  # subset leaves earlier
+    lat_after = latency_to_reach(ca["subset"], cb["subset"]["accuracy"][-1] - 0.02)
+    assert lat_after is not None and lat_after < cb["subset"]["latency_ms"][-1]
+    np.testing.assert_array_equal(after.logits[P - 1], before.logits[P - 1])  # the last exit is untouched
+
+
+def test_bad_settings_and_inputs(net, digits):
+    with pytest.raises(ConfigError):
+        SpecializeConfig(lr=0)
+    with pytest.raises(ConfigError):
+        SpecializeConfig(batch_size=0)
+    with pytest.raises(ConfigError):
+        SpecializeConfig(score="no-such-score")
+    spec = TestTimeSpecializer(net)
+    with pytest.raises(InputError):
+        spec.adapt(torch.full((2, 1, 8, 8), float("nan")), progress=False)
+    with pytest.raises(InputError):
+        spec.adapt(torch.rand(0, 1, 8, 8), progress=False)
+    with pytest.raises(ConfigError):
+        spec.restore({"heads": {}})
+    with pytest.raises(ConfigError):
+        subset_classes(digits.spec, "footwear")
+    with pytest.raises(ConfigError):
+        subset_classes(digits.spec, ["0", "eleven"])
+
+
+def test_batched_updates(net, digits):
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=0.01, batch_size=8, threshold=0.99))
+    snap = spec.snapshot()
+    spec.adapt(digits.calib.x[:40], progress=False)
+    n_pending = int((spec.log_.exit > 0).sum())
+    assert spec.log_.update_s.size == -(-n_pending // 8)  # ceil: one update per 8 images that went deeper
+    spec.restore(snap)

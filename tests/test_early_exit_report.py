@@ -1,0 +1,38 @@
+"""End to end: ``dyninfer early-exit`` on digits writes a complete report folder (slow tier: ~30-60 s)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dyninfer.cli import main
+
+
+@pytest.mark.slow
+def test_cli_writes_report(tmp_path):
+    out = tmp_path / "report"
+    rc = main(["early-exit", "--preset", "tiny", "--dataset", "digits", "--adapt-lr", "1e-2",
+               "--subsets", "round", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["seed"] == 0 and res["versions"]["torch"]
+    assert all(v == {"pred_mismatch": 0, "exit_mismatch": 0} for v in res["table1"]["runtime_matches_trace"].values())
+    (tts,) = res["specialisation"]
+    assert tts["checks"] == {"backbone_bitwise_unchanged": True, "final_head_bitwise_unchanged": True,
+                             "final_exit_logits_unchanged": True, "heads_restored_after": True}
+    kinds = [r["kind"] for r in res["table1"]["rows"]]
+    assert kinds.count("fixed exit") == len(res["exit_names"]) and kinds[-1] == "baseline"
+    assert len(res["calibration"]) == len(res["exit_names"])
+    for name in res["plots"]:
+        assert (out / name).stat().st_size > 1000
+    md = (out / "REPORT.md").read_text()
+    assert "## Table 1" in md and "| Baseline | no heads |" in md and "ECE" in md
+
+
+def test_unknown_subset_is_a_clean_error(tmp_path, capsys):
+    rc = main(["early-exit", "--preset", "tiny", "--dataset", "digits", "--subsets", "footwear",
+               "--out", str(tmp_path / "r"), "--no-progress"])
+    assert rc == 2
+    assert "no class subset 'footwear'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
