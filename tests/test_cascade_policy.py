@@ -7,7 +7,7 @@ import pytest
 
 from dyninfer import ConfigError, TraceError
 from dyninfer.evaluate import pareto_front, upper_hull
-from dyninfer.methods.cascade import Cascade, oracle, simulate, sweep
+from dyninfer.methods.cascade import Cascade, oracle, paired_loss_bound, simulate, sweep
 from dyninfer.runtime.cost import LatencyStats, PathCost
 from dyninfer.scores import make_score
 from dyninfer.trace import Trace
@@ -97,7 +97,7 @@ def test_oracle_is_cheapest_correct_stage_and_bounds_every_router():
 
 def test_fit_picks_the_cheapest_calibration_point_at_the_target():
     cal, test = make_trace(seed=1).select(["p0", "p2"]), make_trace(seed=2).select(["p0", "p2"])
-    c = Cascade(["p0", "p2"], score="energy", tolerance=0.002).fit(cal)
+    c = Cascade(["p0", "p2"], score="energy", tolerance=0.002, confidence=0.5).fit(cal)
     cv = sweep(cal, make_score("energy"))
     ok = cv.accuracy >= cal.accuracy(1) - 0.002 - 1e-12
     assert c.calib_point_["flops"] == pytest.approx(cv.cost[ok].min())
@@ -105,11 +105,28 @@ def test_fit_picks_the_cheapest_calibration_point_at_the_target():
     out = c.simulate(test)
     assert 0 < out.path_share(2)[1] < 1
     # fitting the temperature can only help on the calibration split (T=1 is in the grid)
-    ct = Cascade(["p0", "p2"], score="energy", fit_temperature=True, temperatures=(0.5, 1.0, 2.0), tolerance=0.002).fit(cal)
+    ct = Cascade(["p0", "p2"], score="energy", fit_temperature=True, temperatures=(0.5, 1.0, 2.0), tolerance=0.002,
+                 confidence=0.5).fit(cal)
     assert ct.calib_point_["flops"] <= c.calib_point_["flops"] + 1e-6
     # a FLOPs budget instead of an accuracy target
     cb = Cascade(["p0", "p2"], budget_flops=2e7).fit(cal)
     assert cb.calib_point_["flops"] <= 2e7
+
+
+def test_paired_loss_bound_matches_brute_force_and_confidence_is_conservative():
+    for chain in (["p0", "p2"], ["p0", "p1", "p2"]):
+        cal = make_trace(seed=3).select(chain)
+        sc = make_score("margin")
+        cv = sweep(cal, sc, grid=8)
+        ub = paired_loss_bound(cv, cal.n, 0.95)
+        for i in np.random.default_rng(0).choice(len(cv), 15, replace=False):
+            d = cal.correct[-1].astype(float) - simulate(cal, sc, cv.settings[i]).correct.astype(float)
+            assert cv.extra["ref_only"][i] - cv.extra["cascade_only"][i] == pytest.approx(d.mean())
+            assert ub[i] == pytest.approx(d.mean() + 1.6448536 * d.std(ddof=1) / np.sqrt(cal.n), abs=1e-9)
+        plain = Cascade(chain, score="margin", grid=8, confidence=0.5).fit(cal)
+        safe = Cascade(chain, score="margin", grid=8, confidence=0.95).fit(cal)
+        assert safe.calib_point_["flops"] >= plain.calib_point_["flops"]
+        assert safe.calib_point_["meets_target"] and safe.calib_point_["loss_bound"] <= 0.001 + 1e-12
 
 
 def test_cascade_settings_are_checked():
@@ -117,6 +134,8 @@ def test_cascade_settings_are_checked():
         Cascade(["a"])
     with pytest.raises(ConfigError, match="energy score only"):
         Cascade(["a", "b"], score="margin", fit_temperature=True)
+    with pytest.raises(ConfigError, match="confidence must be"):
+        Cascade(["a", "b"], confidence=1.0)
     with pytest.raises(ConfigError, match="unknown score"):
         Cascade(["a", "b"], score="nope")
     with pytest.raises(TraceError, match="no paths"):

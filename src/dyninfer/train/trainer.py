@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datasets import Split
+from ..errors import ConfigError
 from .recipe import Recipe
 
 
@@ -55,7 +57,10 @@ class TrainResult:
 
 
 def train(model: nn.Module, data: Split, recipe: Recipe, *, seed: int = 0, device: str | torch.device = "cpu",
-          desc: str = "train", progress: bool = True) -> TrainResult:
+          desc: str = "train", progress: bool = True,
+          loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          params: Sequence[nn.Parameter] | None = None,
+          set_mode: Callable[[nn.Module], None] | None = None) -> TrainResult:
     """Train ``model`` on ``data`` with AdamW and a one-cycle schedule.
 
     Args:
@@ -64,21 +69,33 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seed: int = 0, devic
         recipe: hyperparameters.
         seed: seeds initialisation-independent randomness (shuffling, augmentation).
         progress: show a tqdm bar per epoch.
+        loss_fn: ``(model, x, y) -> loss``; default cross-entropy of ``model(x)`` (e.g. a sum over exits instead).
+        params: the parameters to optimise; default every parameter that requires gradients.
+        set_mode: called on the model at the start of each epoch; default ``model.train()``
+            (e.g. to keep a frozen backbone's batch-norm statistics fixed).
     """
     import time
 
+    if len(data) == 0:
+        raise ConfigError("cannot train on an empty split")
     device = torch.device(device)
-    model.to(device).train()
+    model.to(device)
     g = torch.Generator().manual_seed(seed)
     n = len(data)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    if loss_fn is None:
+        def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(m(x), y, label_smoothing=recipe.label_smoothing)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch,
                                                 pct_start=0.25)
     t0 = time.perf_counter()
     loss_ema = float("nan")
     for epoch in range(recipe.epochs):
+        (set_mode or nn.Module.train)(model)
         perm = torch.randperm(n, generator=g)
         bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
                    leave=False, mininterval=1.0)
@@ -88,7 +105,7 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seed: int = 0, devic
             if recipe.augment:
                 x = augment_batch(x, recipe.shift, recipe.hflip, g)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            loss = loss_fn(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -17,6 +17,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS), help="routers to compare")
     p.add_argument("--tolerance", type=float, default=0.001,
                    help="accuracy the cascade may lose against the teacher, as a fraction (default 0.001 = 0.1 points)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="family-wise one-sided confidence that the chosen cascade keeps the tolerance on "
+                        "calibration (default 0.95, Bonferroni over the candidates compared)")
     p.add_argument("--serving-batch", type=int, default=256, help="batch size for throughput (default 256)")
     p.add_argument("--grid-intensity", type=float, default=400.0, help="gCO2 per kWh (default 400)")
     p.add_argument("--cpu-watts-per-thread", type=float, default=8.0,
@@ -30,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = CascadeExperimentConfig(dataset=args.dataset, data_root=args.data_root, preset=args.preset, seed=args.seed,
                                   models=tuple(args.models) if args.models else None,
                                   routers=tuple(args.routers), tolerance=args.tolerance,
+                                  confidence=args.confidence,
                                   serving_batch=args.serving_batch, grid_g_per_kwh=args.grid_intensity,
                                   cpu_watts_per_thread=args.cpu_watts_per_thread, device=args.device,
                                   progress=not args.no_progress)

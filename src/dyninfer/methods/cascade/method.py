@@ -14,7 +14,7 @@ from ...evaluate.outcome import Outcome
 from ...runtime.executor import SequentialRuntime, model_stage
 from ...scores import Score, make_score
 from ...trace import Trace
-from .simulate import simulate, stage_scores, sweep
+from .simulate import paired_loss_bound, simulate, stage_scores, sweep
 
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.1, 10.0, 21))
 
@@ -31,6 +31,10 @@ class Cascade:
         tolerance: accuracy the cascade may lose against the last stage (0.001 = 0.1 points).
         target_accuracy: fixed accuracy target instead of ``last stage - tolerance``.
         budget_flops: instead of an accuracy target, the most accurate point within this mean FLOPs.
+        confidence: the target must hold on the calibration split with this one-sided confidence
+            (paired normal bound on the loss against the last stage, or a binomial-normal bound on
+            an absolute ``target_accuracy``). 0.5 accepts any point whose calibration accuracy
+            meets the target, which overfits the calibration split when many points are compared.
         grid: score quantiles per stage for cascades of three or more stages.
 
     Fitted attributes: ``score_``, ``thresholds_``, ``target_``, ``calib_point_`` (accuracy, flops).
@@ -43,6 +47,7 @@ class Cascade:
     tolerance: float = 0.001
     target_accuracy: float | None = None
     budget_flops: float | None = None
+    confidence: float = 0.95
     grid: int = 40
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES
 
@@ -52,6 +57,8 @@ class Cascade:
         if self.fit_temperature and self.score != "energy":
             raise ConfigError("fit_temperature applies to the energy score only")
         make_score(self.score, **dict(self.score_params))  # fail early on bad settings
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
 
     @property
     def label(self) -> str:
@@ -63,15 +70,27 @@ class Cascade:
             raise TraceError(f"trace has no paths {missing}; it has {trace.paths}")
         return trace.select(list(self.stages))
 
-    def _choose(self, curve: Curve, target: float | None) -> int:
+    def _feasible(self, curve: Curve, n: int) -> np.ndarray:
+        """(M,) bool: points that meet the accuracy target with the required confidence."""
+        if self.target_accuracy is None:
+            return paired_loss_bound(curve, n, self.confidence) <= self.tolerance + 1e-12
+        from scipy.stats import norm
+
+        acc = curve.accuracy
+        return acc - norm.ppf(self.confidence) * np.sqrt(acc * (1 - acc) / n) >= self.target_accuracy - 1e-12
+
+    def _choose(self, curve: Curve, n: int) -> tuple[int, bool]:
+        """Index of the chosen point and whether it meets the requirement."""
         if self.budget_flops is not None:
             ok = np.flatnonzero(curve.cost <= self.budget_flops)
             if ok.size == 0:
                 raise ConfigError(f"no operating point within {self.budget_flops:.3g} FLOPs; "
                                   f"the cheapest costs {curve.cost.min():.3g}")
-            return int(ok[np.lexsort((curve.cost[ok], -curve.accuracy[ok]))[0]])
-        i = curve.cheapest_at(target)
-        return int(np.argmax(curve.accuracy)) if i is None else i
+            return int(ok[np.lexsort((curve.cost[ok], -curve.accuracy[ok]))[0]]), True
+        ok = np.flatnonzero(self._feasible(curve, n))
+        if ok.size == 0:
+            return int(np.argmax(curve.accuracy)), False
+        return int(ok[np.lexsort((-curve.accuracy[ok], curve.cost[ok]))[0]]), True
 
     def fit(self, calib: Trace) -> "Cascade":
         """Choose the score settings and thresholds on the calibration trace."""
@@ -83,15 +102,17 @@ class Cascade:
         best = None
         for sc in candidates:
             curve = sweep(tr, sc, grid=self.grid)
-            i = self._choose(curve, self.target_)
+            i, ok = self._choose(curve, tr.n)
             key = (-curve.accuracy[i], curve.cost[i]) if self.budget_flops is not None else \
-                (curve.accuracy[i] < self.target_ - 1e-12, curve.cost[i], -curve.accuracy[i])
+                (not ok, curve.cost[i], -curve.accuracy[i])
             if best is None or key < best[0]:
                 best = (key, sc, curve, i)
         _, self.score_, curve, i = best
         self.thresholds_ = tuple(float(v) for v in curve.settings[i])
         self.calib_point_ = {"accuracy": float(curve.accuracy[i]), "flops": float(curve.cost[i]),
-                             "reach": curve.extra["reach"][i].tolist()}
+                             "reach": curve.extra["reach"][i].tolist(),
+                             "meets_target": bool(not best[0][0]) if self.budget_flops is None else True,
+                             "loss_bound": float(paired_loss_bound(curve, tr.n, self.confidence)[i])}
         return self
 
     def _fitted(self) -> None:

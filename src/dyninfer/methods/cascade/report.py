@@ -84,8 +84,11 @@ def _markdown(res: dict) -> str:
               f"- A full sweep of the energy router's curve on {res['data']['test']} test samples took "
               f"{res['sweep_seconds'] * 1e3:.1f} ms.", ""]
     lines += ["## Routers on the same trace", "",
-              f"Chain {chain}. Each router's threshold is chosen on calibration for the teacher's calibration accuracy "
-              f"minus {100 * res['config']['tolerance']:.1f} points; 'test-optimal' is the cheapest point of the test curve "
+              f"Chain {chain}. Each router's thresholds are the cheapest whose accuracy loss against the teacher stays "
+              f"within {100 * res['config']['tolerance']:.1f} points on the calibration split with "
+              f"{100 * res['candidate_confidence']:.2f}% one-sided confidence (paired bound; "
+              f"{100 * res['config']['confidence']:.0f}% family-wise over the {res['candidates']} candidates the best "
+              f"cascade is picked from, Bonferroni); 'test-optimal' is the cheapest point of the test curve "
               f"itself that reaches the teacher's test accuracy minus the tolerance (threshold-free: it measures how well "
               f"the score ranks samples). AUROC: how well the first stage's score separates its correct from its wrong answers.", ""]
     rows = []

@@ -74,7 +74,9 @@ def sweep(trace: Trace, score: Score | None, *, grid: int = 40, label: str | Non
 
     Returns:
         a :class:`Curve` with settings (M, P-1), accuracy, mean FLOPs, and extras ``reach``
-        (M, P) share of samples entering each stage.
+        (M, P) share of samples entering each stage, ``ref_only`` (M,) share of samples the last
+        stage alone gets right and the cascade gets wrong, ``cascade_only`` (M,) the reverse —
+        the paired disagreements that :func:`paired_loss_bound` turns into a confidence bound.
     """
     if score is None and scores is None:
         raise ConfigError("sweep needs a score or precomputed scores")
@@ -85,32 +87,55 @@ def sweep(trace: Trace, score: Score | None, *, grid: int = 40, label: str | Non
     label = label or (score.label if score is not None else "custom")
     if P == 1:
         return Curve(label, np.zeros((1, 0)), np.array([corr[0].mean()]), np.array([flops[0]]),
-                     {"reach": np.ones((1, 1))})
+                     {"reach": np.ones((1, 1)), "ref_only": np.zeros(1), "cascade_only": np.zeros(1)})
     if P == 2:
         t = _midpoints(s[0])  # (M,) increasing: -inf keeps all, +inf forwards all
         order = np.argsort(s[0].astype(np.float64), kind="stable")
         sv = s[0].astype(np.float64)[order]
         n_forward = np.searchsorted(sv, t, side="left")  # samples with score < t go on
-        c0 = np.concatenate([[0], np.cumsum(corr[0][order])])
-        c1 = np.concatenate([[0], np.cumsum(corr[1][order])])
+        cum = lambda v: np.concatenate([[0], np.cumsum(v[order])])  # noqa: E731
+        c0, c1 = cum(corr[0]), cum(corr[1])
+        ref_only, casc_only = cum(corr[1] & ~corr[0]), cum(corr[0] & ~corr[1])  # only on kept samples
         acc = (c1[n_forward] + (c0[-1] - c0[n_forward])) / n
         share = n_forward / n
         cost = flops[0] + share * flops[1]
-        return Curve(label, t[:, None], acc, cost, {"reach": np.stack([np.ones_like(share), share], 1)})
+        return Curve(label, t[:, None], acc, cost, {"reach": np.stack([np.ones_like(share), share], 1),
+                                                    "ref_only": (ref_only[-1] - ref_only[n_forward]) / n,
+                                                    "cascade_only": (casc_only[-1] - casc_only[n_forward]) / n})
     grids = [np.unique(np.concatenate([[-np.inf], np.quantile(s[p], np.linspace(0, 1, grid)), [np.inf]]))
              for p in range(P - 1)]
     combos = np.array(list(itertools.product(*grids)))  # (M, P-1)
-    accs, costs, reaches = [], [], []
+    accs, costs, reaches, ref_only, casc_only = [], [], [], [], []
     cols = np.arange(n)[None]
     for chunk in np.array_split(combos, max(1, len(combos) // 256)):
         keep = s[None, :, :] >= chunk[:, :, None].astype(np.float32)  # (m, P-1, N)
         keep = np.concatenate([keep, np.ones((len(chunk), 1, n), bool)], 1)
         ex = keep.argmax(1)  # (m, N)
-        accs.append(corr[ex, cols].mean(1))
+        cc = corr[ex, cols]  # (m, N) cascade correct
+        accs.append(cc.mean(1))
+        ref_only.append((corr[-1][None] & ~cc).mean(1))
+        casc_only.append((cc & ~corr[-1][None]).mean(1))
         reach = np.stack([(ex >= p).mean(1) for p in range(P)], 1)  # (m, P)
         reaches.append(reach)
         costs.append(reach @ flops)
-    return Curve(label, combos, np.concatenate(accs), np.concatenate(costs), {"reach": np.concatenate(reaches)})
+    return Curve(label, combos, np.concatenate(accs), np.concatenate(costs),
+                 {"reach": np.concatenate(reaches), "ref_only": np.concatenate(ref_only),
+                  "cascade_only": np.concatenate(casc_only)})
+
+
+def paired_loss_bound(curve: Curve, n: int, confidence: float) -> np.ndarray:
+    """(M,) one-sided upper confidence bound on each point's accuracy loss against the last stage.
+
+    The per-sample loss d_i = [last stage right] - [cascade right] is paired, so its variance
+    comes from the disagreements only: mean = a - b, var = a + b - (a - b)^2 with a, b the shares
+    from :func:`sweep`. Normal approximation; ``confidence`` 0.5 gives the plain mean.
+    """
+    from scipy.stats import norm
+
+    a, b = curve.extra["ref_only"], curve.extra["cascade_only"]
+    mean = a - b
+    var = np.maximum(a + b - mean ** 2, 0.0)
+    return mean + norm.ppf(confidence) * np.sqrt(var * n / max(n - 1, 1) / n)
 
 
 @dataclass

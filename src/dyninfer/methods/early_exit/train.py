@@ -10,7 +10,6 @@ zoo trainer (AdamW, one-cycle schedule, the same augmentation and :class:`~dynin
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,7 +25,7 @@ from ...models.registry import create_model
 from ...runtime.cost import count_flops, count_params
 from ...train.checkpoint import cache_key, cached_model, load_checkpoint, save_checkpoint
 from ...train.recipe import Recipe
-from ...train.trainer import TrainResult, augment_batch
+from ...train.trainer import TrainResult, train
 from .network import EarlyExitNetwork
 
 TRAINING_MODES = ("joint", "two-stage")
@@ -64,8 +63,6 @@ def train_exits(net: EarlyExitNetwork, data: Split, recipe: Recipe, *, heads_onl
     w = [1.0] * len(exits) if exit_weights is None else [float(v) for v in exit_weights]
     if len(w) != len(exits) or any(v < 0 for v in w) or sum(w) <= 0:
         raise ConfigError(f"need {len(exits)} non-negative exit weights with a positive sum, got {exit_weights}")
-    if len(data) == 0:
-        raise ConfigError("cannot train on an empty split")
     device = torch.device(device)
     net.to(device)
     if heads_only:
@@ -73,43 +70,19 @@ def train_exits(net: EarlyExitNetwork, data: Split, recipe: Recipe, *, heads_onl
         params = list(net.head_parameters(exits))
     else:
         params = [p for p in net.segments.parameters() if p.requires_grad] + list(net.head_parameters(exits))
-    if not params:
-        raise ConfigError("nothing to train: every parameter is frozen")
-    g = torch.Generator().manual_seed(seed)
-    n = len(data)
-    steps = math.ceil(n / recipe.batch_size)
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps, pct_start=0.25)
-    t0 = time.perf_counter()
-    loss_ema = float("nan")
     wsum = sum(w)
-    for epoch in range(recipe.epochs):
-        _set_train_mode(net, heads_only)
-        perm = torch.randperm(n, generator=g)
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
-                   leave=False, mininterval=1.0)
-        for step in bar:
-            idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            x, y = data.x[idx], data.y[idx]
-            if recipe.augment:
-                x = augment_batch(x, recipe.shift, recipe.hflip, g)
-            x, y = x.to(device), y.to(device)
-            if heads_only:
-                logits = _heads_on_frozen(net, x, exits)
-            else:
-                all_logits = net.forward_exits(x)
-                logits = [all_logits[p] for p in exits]
-            loss = sum(wi * F.cross_entropy(lo, y, label_smoothing=recipe.label_smoothing)
-                       for wi, lo in zip(w, logits)) / wsum
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_ema = loss.item() if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss.item()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_ema:.3f}")
-    net.eval()
-    return TrainResult(train_loss=loss_ema, seconds=time.perf_counter() - t0)
+
+    def loss_fn(model: EarlyExitNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if heads_only:
+            logits = _heads_on_frozen(model, x, exits)
+        else:
+            all_logits = model.forward_exits(x)
+            logits = [all_logits[p] for p in exits]
+        return sum(wi * F.cross_entropy(lo, y, label_smoothing=recipe.label_smoothing)
+                   for wi, lo in zip(w, logits)) / wsum
+
+    return train(net, data, recipe, seed=seed, device=device, desc=desc, progress=progress, loss_fn=loss_fn,
+                 params=params, set_mode=lambda m: _set_train_mode(m, heads_only))
 
 
 def _heads_on_frozen(net: EarlyExitNetwork, x: torch.Tensor, exits: list[int]) -> list[torch.Tensor]:
