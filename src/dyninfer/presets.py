@@ -39,7 +39,7 @@ class Preset:
 
 PRESETS.register("quick", Preset(
     name="quick",
-    models={"cnn-s": Recipe(epochs=6), "cnn-m": Recipe(epochs=6)},
+    models={"cnn-s": Recipe(epochs=15), "cnn-m": Recipe(epochs=6)},
     train_limit=20000, calib_size=5000, latency_repeats=10, latency_min_s=0.2, runtime_rounds=3,
 ))
 
