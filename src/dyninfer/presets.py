@@ -1,7 +1,7 @@
 """Presets: which backbones to train, how long, on how much data — quick for first runs and CI, full for figures.
 
 Timings on a 2-core CPU (about 250 GFLOP/s training): ``quick`` (student ``cnn-s``, teacher
-``cnn-m``, 20k training images) trains in about 2 minutes,
+``cnn-m``, 20k training images) trains in about 2.5 minutes,
 ``full`` in about 30 (most of it the 232-MFLOP ``cnn-l``) when the machine is otherwise idle.
 """
 
