@@ -34,3 +34,12 @@ def digits_prepared():
 
     torch.manual_seed(0)
     return prepare("digits", "tiny", progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a shared 2-core CPU: one torch thread avoids oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -23,13 +23,7 @@ from dyninfer.train import Recipe, train
 RECIPE = Recipe(epochs=4, batch_size=64, lr=3e-3, hflip=False, shift=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared 2-core CPU: one thread avoids oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

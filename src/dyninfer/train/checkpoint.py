@@ -31,18 +31,24 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Read and validate a checkpoint payload (no model is built)."""
+def read_checkpoint(path: str | os.PathLike, *, fmt: str = FORMAT, what: str = "checkpoint") -> dict:
+    """Read a payload written with ``torch.save`` and check its ``format`` tag (no model is built).
+
+    Args:
+        path: the file.
+        fmt: the format tag the payload must carry.
+        what: how error messages name the file (``checkpoint``, ``exit heads file``).
+    """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
-                              f"truncated or not a dyninfer checkpoint. Delete it and train again.") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file")
+        raise CheckpointError(f"{what} {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
+                              f"truncated or not a dyninfer file. Delete it and train again.") from e
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {fmt} file")
     return payload
 
 

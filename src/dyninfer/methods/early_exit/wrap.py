@@ -192,15 +192,9 @@ def load_exit_heads(net: EarlyExitNetwork, path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: missing, unreadable, or written for other exit points.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"exit heads file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"exit heads file {path} is unreadable ({type(e).__name__}); train the heads again") from e
-    if not isinstance(payload, dict) or payload.get("format") != "dyninfer-exit-heads-1":
-        raise CheckpointError(f"{path} is not a dyninfer exit-heads file")
+    from ...train.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(path, fmt="dyninfer-exit-heads-1", what="exit heads file")
     if payload["exit_names"] != list(net.exit_names):
         raise CheckpointError(f"{path} holds heads for exits {payload['exit_names']}, this network has {net.exit_names}")
     try:
