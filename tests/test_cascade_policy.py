@@ -67,13 +67,6 @@ def test_three_stage_sweep_equals_simulation():
         assert np.allclose(cv.extra["reach"][i], [(out.path >= p).mean() for p in range(3)])
 
 
-def test_sweep_of_10k_samples_is_fast():
-    tr = make_trace(n=10000).select(["p0", "p2"])
-    t0 = time.perf_counter()
-    sweep(tr, make_score("energy")).frontier()
-    assert time.perf_counter() - t0 < 1.0
-
-
 def test_pareto_front_and_hull():
     cost = np.array([1, 2, 3, 4, 5.0])
     acc = np.array([0.5, 0.7, 0.6, 0.8, 0.8])

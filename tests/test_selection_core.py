@@ -207,10 +207,4 @@ def test_features_variants_and_score_policy(digits, setup):
         ScorePolicy(eb.analyser_, [0.6, 0.3])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread is fastest and steady on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")

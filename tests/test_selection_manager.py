@@ -19,12 +19,7 @@ from dyninfer.runtime.cost import count_flops, model_bytes
 from dyninfer.train.checkpoint import save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tagged(name: str, width: int) -> nn.Module:
