@@ -1,7 +1,5 @@
 """The cascade policy on hand-made traces: simulation, sweeps, frontier, oracle, fitting."""
 
-import time
-
 import numpy as np
 import pytest
 
