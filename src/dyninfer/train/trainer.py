@@ -34,9 +34,20 @@ def augment_batch(x: torch.Tensor, shift: int, hflip: bool, g: torch.Generator) 
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu",
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without tensors)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device | None = None,
                    progress: bool = False, desc: str = "predict") -> torch.Tensor:
-    """Logits (N, K) of ``model`` over ``x`` (N, C, H, W), in eval mode, batched."""
+    """Logits (N, K) of ``model`` over ``x`` (N, C, H, W), in eval mode, batched; returned on the CPU.
+
+    Batches are moved to ``device`` (default: where the model's parameters are)."""
+    device = model_device(model) if device is None else device
     model.eval()
     outs = []
     it = range(0, x.shape[0], batch_size)
@@ -45,7 +56,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, dev
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(model: nn.Module, split: Split, device: str | torch.device = "cpu") -> float:
+def accuracy(model: nn.Module, split: Split, device: str | torch.device | None = None) -> float:
     logits = predict_logits(model, split.x, device=device)
     return float((logits.argmax(1) == split.y).float().mean())
 

@@ -26,6 +26,7 @@ from ...io import atomic_path
 from ...models.cnn import SmallCNN
 from ...models.tv import TorchvisionBackbone
 from ...registry import Registry
+from ...train.trainer import model_device
 from .network import EarlyExitNetwork
 
 Blocks = list[tuple[str, nn.Module]]
@@ -156,7 +157,8 @@ class ExitWrapper(EarlyExitNetwork):
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
-            carry = torch.zeros(2, *self.input_shape)
+            device = model_device(backbone)
+            carry = torch.zeros(2, *self.input_shape, device=device)
             shapes = []
             for seg in self.segments:
                 carry = seg(carry)
@@ -166,7 +168,7 @@ class ExitWrapper(EarlyExitNetwork):
         for s in shapes[:-1]:
             if len(s) != 4:
                 raise ConfigError(f"exit points must produce feature maps (N, C, H, W), got {s}")
-        self.heads = nn.ModuleList([make(s[1], num_classes) for s in shapes[:-1]] + [final])
+        self.heads = nn.ModuleList([make(s[1], num_classes).to(device) for s in shapes[:-1]] + [final])
         self.exit_names = at + ["final"]
 
 

@@ -1,0 +1,132 @@
+"""The same code paths on a CUDA device: training, traces, the batched runtimes, adaptation, the manager.
+
+Skipped where no CUDA device is present (the usual CPU machine); run them on a GPU machine with
+``python -m pytest tests/test_cuda.py``.
+"""
+
+import pytest
+import torch
+
+from dyninfer.methods.cascade import Cascade, simulate
+from dyninfer.runtime.cost import count_flops, measure_latency
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def cuda_prepared():
+    from dyninfer.harness import prepare
+
+    torch.manual_seed(0)
+    return prepare("digits", "tiny", device="cuda", progress=False, log=lambda s: None)
+
+
+def test_models_train_and_trace_on_cuda(cuda_prepared):
+    prep = cuda_prepared
+    for name, model in prep.models.items():
+        assert next(model.parameters()).device.type == "cuda"
+        assert prep.model_meta[name]["test_accuracy"] > 0.8  # digits: trained, not a broken device path
+    assert prep.test.costs[0].device.startswith("cuda")
+    assert all(c.latency[1].median_s > 0 for c in prep.test.costs)
+
+
+def test_cuda_runtime_equals_trace_simulation(cuda_prepared):
+    prep = cuda_prepared
+    names = list(prep.models)
+    c = Cascade(names).fit(prep.calib)
+    rt = c.runtime(prep.models, input_shape=prep.data.spec.input_shape, device="cuda")
+    sim = simulate(prep.test.select(names), c.score_, list(c.thresholds_))
+    res = rt.run(prep.data.test.x, 64)  # CPU inputs are moved to the device; results come back on the CPU
+    assert res.pred.device.type == "cpu"
+    # cuDNN may pick other kernels than the trace run for other batch sizes: allow float-noise disagreements
+    assert (res.pred.numpy() == sim.pred).mean() > 0.995
+    assert (res.exit.numpy() == sim.path).mean() > 0.995
+
+
+def test_cuda_flops_and_latency(cuda_prepared):
+    model = next(iter(cuda_prepared.models.values()))
+    shape = cuda_prepared.data.spec.input_shape
+    assert count_flops(model, shape, "cuda") == count_flops(model.cpu(), shape, "cpu")
+    model.cuda()
+    stats = measure_latency(model, torch.zeros(8, *shape, device="cuda"), repeats=5)
+    assert stats.median_s > 0
+
+
+def test_checkpoint_saved_from_cuda_loads_on_cpu(cuda_prepared, tmp_path):
+    from dyninfer.train.checkpoint import load_checkpoint, save_checkpoint
+
+    name, model = next(iter(cuda_prepared.models.items()))
+    path = save_checkpoint(model, tmp_path / "m.pt", {"model": name})
+    loaded, meta = load_checkpoint(path, map_location="cpu")
+    assert next(loaded.parameters()).device.type == "cpu"
+    x = cuda_prepared.data.test.x[:32]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x.cuda()).cpu(), atol=1e-4)
+
+
+def test_early_exit_runtime_and_adaptation_on_cuda():
+    from dyninfer.data import load_dataset
+    from dyninfer.methods.early_exit.adapt import SpecializeConfig, TestTimeSpecializer
+    from dyninfer.methods.early_exit.evaluation import params_digest
+    from dyninfer.methods.early_exit.method import EarlyExit, uniform
+    from dyninfer.models.registry import create_model
+
+    data = load_dataset("digits", calib_size=300, seed=0)
+    torch.manual_seed(0)
+    net = create_model("revcol-tiny", data.spec).cuda().eval()
+    rt = EarlyExit("max_softmax").runtime(net, uniform(0.5, net.n_exits), device="cuda")
+    res = rt.run(data.test.x, 32)
+    with torch.no_grad():
+        logits = [lo.cpu() for lo in net.forward_exits(data.test.x.cuda())]
+    conf = torch.stack([lo.softmax(-1).amax(-1) for lo in logits])
+    ok = conf >= 0.5
+    ok[-1] = True
+    assert (res.exit == ok.float().argmax(0)).float().mean() > 0.995
+    final = params_digest(net.heads[-1])
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=1e-2, threshold=0.99))
+    spec.adapt(data.calib.x[:50].cuda(), progress=False)
+    assert params_digest(net.heads[-1]) == final
+    assert spec.log_.update_s.size > 0
+    assert spec.update_flops() > 0
+    norm = TestTimeSpecializer(net, SpecializeConfig(lr=0.1, lr_scale="input-norm", threshold=0.99, passes=2))
+    norm.adapt(data.calib.x[:20].cuda(), progress=False)
+    assert norm.input_n_[0] == 40 and norm.log_.exit.size == 40  # head 0 sees every image of both passes
+
+
+def test_backbone_manager_budget_on_cuda(tmp_path):
+    from dyninfer.data import load_dataset
+    from dyninfer.methods.selection.manager import BackboneManager
+    from dyninfer.methods.selection.pool import BackbonePool
+    from dyninfer.models.registry import create_model
+    from dyninfer.train.checkpoint import save_checkpoint
+
+    spec = load_dataset("digits", calib_size=300, seed=0).spec
+    paths = {n: save_checkpoint(create_model(n, spec), tmp_path / f"{n}.pt", {"model": n}) for n in ("cnn-s", "cnn-m")}
+    pool = BackbonePool.from_checkpoints(paths)
+    mgr = BackboneManager(pool, budget_bytes=pool.largest_bytes, device="cuda")
+    x = torch.zeros(4, *spec.input_shape, device="cuda")
+    for name in ("cnn-s", "cnn-m", "cnn-s"):
+        with mgr.use(name) as model:
+            assert next(model.parameters()).device.type == "cuda"
+            assert model(x).shape == (4, spec.num_classes)
+        assert sum(b for d, b in mgr.resident_bytes().items() if d.startswith("cuda")) <= pool.largest_bytes
+    st = mgr.stats()
+    assert st.evictions == 2 and st.misses == 3 and st.load_seconds > 0
+
+
+def test_exits_attached_to_a_cuda_model_train_there(cuda_prepared):
+    from dyninfer.methods.early_exit.evaluation import params_digest
+    from dyninfer.methods.early_exit.train import exit_accuracies, train_exits
+    from dyninfer.methods.early_exit.wrap import attach_exits
+    from dyninfer.train.recipe import Recipe
+
+    prep = cuda_prepared
+    backbone = prep.models["cnn-s"].cuda()
+    net = attach_exits(backbone, ["stages.0", "stages.1"])
+    assert all(next(h.parameters()).device.type == "cuda" for h in net.heads)
+    before = params_digest(net.segments)
+    train_exits(net, prep.data.train, Recipe(epochs=2, hflip=False, shift=1), heads_only=True, device="cuda",
+                progress=False)
+    assert params_digest(net.segments) == before
+    acc = exit_accuracies(net, prep.data.test, device="cuda")
+    assert min(acc) > 0.5
