@@ -4,7 +4,9 @@
     python benchmarks/early_exit.py --preset quick        # smoke run -> reports/early-exit-quick/
 
 Other ``dyninfer early-exit`` options pass through (``dyninfer early-exit --help``). Unless given, the
-head updates run at the paper's learning rate (1e-4) and at two larger ones, side by side.
+head updates run with the paper's setting (SGD, lr 1e-4, one pass) and with per-head normalised steps
+(lr 0.3 over each head's mean squared input norm, the stream replayed 3 times), side by side, each on
+3 streams (different images and order).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def build_args(args: list[str]) -> list[str]:
     extra = []
     if not _has(args, "--preset"):
         extra += ["--preset", "full"]
-    if not _has(args, "--adapt-lr"):
-        extra += ["--adapt-lr", "1e-4", "1e-3", "1e-2"]
+    if not _has(args, "--adapt"):
+        extra += ["--adapt", "1e-4", "0.3:input-norm:3"]
+    if not _has(args, "--stream-seeds"):
+        extra += ["--stream-seeds", "3"]
     if not _has(args, "--out"):
         preset = args[args.index("--preset") + 1] if "--preset" in args else "full"
         extra += ["--out", f"reports/early-exit-{preset}"]

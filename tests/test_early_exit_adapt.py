@@ -119,3 +119,55 @@ def test_batched_updates(net, digits):
     n_pending = int((spec.log_.exit > 0).sum())
     assert spec.log_.update_s.size == -(-n_pending // 8)  # ceil: one update per 8 images that went deeper
     spec.restore(snap)
+
+
+def test_input_norm_divides_each_heads_lr_by_its_mean_squared_input(net, digits):
+    P = net.n_exits
+    x = digits.calib.x[:40]
+    spec = TestTimeSpecializer(net, SpecializeConfig(lr=0.1, lr_scale="input-norm", threshold=1.01, passes=2))
+    snap = spec.snapshot()
+    spec.adapt(x, progress=False)
+    # threshold above 1: every image reaches the last exit, so every early head saw each image once per pass
+    assert spec.input_n_.tolist() == [2 * len(x)] * (P - 1)
+    with torch.no_grad():
+        carry, mean_sq = x, []
+        for p in range(P - 1):
+            carry = net.segments[p](carry)
+            pooled = carry[-1].mean((2, 3)) if isinstance(carry, tuple) else carry.mean((2, 3))
+            mean_sq.append(float((pooled ** 2).sum(1).mean()))
+    for group, m in zip(spec.optimizer_.param_groups, mean_sq):
+        assert group["lr"] == pytest.approx(0.1 / m, rel=1e-4)
+    assert len(set(round(g["lr"], 12) for g in spec.optimizer_.param_groups)) == P - 1  # one step size per head
+    restored = spec.snapshot()["input_n"]
+    spec.restore(snap)
+    assert spec.input_n_.sum() == 0 and restored.sum() == 2 * len(x) * (P - 1)
+
+
+def test_adaptation_specs_parse_and_bad_ones_say_the_form():
+    from dyninfer.methods.early_exit.adapt import parse_adaptation
+
+    c = parse_adaptation("0.3:input-norm:3", threshold=0.8)
+    assert (c.lr, c.lr_scale, c.passes, c.threshold) == (0.3, "input-norm", 3, 0.8)
+    assert parse_adaptation("1e-4").label == "lr 0.0001"
+    for bad in ("fast", "0.1:sideways", "0.1:none:0", "1:2:3:4"):
+        with pytest.raises(ConfigError, match="LR|lr_scale|passes"):
+            parse_adaptation(bad)
+
+
+def test_input_norm_needs_a_linear_classifier_in_each_head(net):
+    import copy
+
+    other = copy.deepcopy(net)
+    other.heads[0] = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Identity())
+    with pytest.raises(ConfigError, match="nn.Linear"):
+        TestTimeSpecializer(other, SpecializeConfig(lr_scale="input-norm"))
+
+
+def test_hull_latency_to_reach_interpolates_and_ignores_dominated_points():
+    from dyninfer.methods.early_exit.evaluation import hull_latency_to_reach
+
+    curve = {"latency_ms": [1.0, 2.0, 2.5, 3.0], "accuracy": [0.80, 0.90, 0.85, 0.92]}
+    assert hull_latency_to_reach(curve, 0.85) == pytest.approx(1.5)  # halfway between 1 ms and 2 ms
+    assert hull_latency_to_reach(curve, 0.80) == pytest.approx(1.0)
+    assert hull_latency_to_reach(curve, 0.92) == pytest.approx(3.0)
+    assert hull_latency_to_reach(curve, 0.93) is None

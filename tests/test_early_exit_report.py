@@ -12,15 +12,19 @@ from dyninfer.cli import main
 @pytest.mark.slow
 def test_cli_writes_report(tmp_path):
     out = tmp_path / "report"
-    rc = main(["early-exit", "--preset", "tiny", "--dataset", "digits", "--adapt-lr", "1e-2",
+    rc = main(["early-exit", "--preset", "tiny", "--dataset", "digits", "--adapt", "1e-2", "0.1:input-norm:2", "--stream-seeds", "2",
                "--subsets", "round", "--out", str(out), "--no-progress"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["seed"] == 0 and res["versions"]["torch"]
     assert all(v == {"pred_mismatch": 0, "exit_mismatch": 0} for v in res["table1"]["runtime_matches_trace"].values())
-    (tts,) = res["specialisation"]
-    assert tts["checks"] == {"backbone_bitwise_unchanged": True, "final_head_bitwise_unchanged": True,
-                             "final_exit_logits_unchanged": True, "heads_restored_after": True}
+    plain, normed = res["specialisation"]
+    assert normed["config"]["lr_scale"] == "input-norm" and normed["config"]["passes"] == 2
+    for tts in (plain, normed):
+        assert tts["checks"] == {"backbone_bitwise_unchanged": True, "final_head_bitwise_unchanged": True,
+                                 "final_exit_logits_unchanged": True, "heads_restored_after": True}
+        assert len(tts["streams"]) == 2 and len(tts["target"]["latency_reduction_per_stream"]) == 2
+    assert normed["adapt_log"]["stream"] == 2 * normed["stream_images"]  # two passes over the stream
     kinds = [r["kind"] for r in res["table1"]["rows"]]
     assert kinds.count("fixed exit") == len(res["exit_names"]) and kinds[-1] == "baseline"
     assert len(res["calibration"]) == len(res["exit_names"])

@@ -57,6 +57,44 @@ class SpecializeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``lr 0.0001`` or ``lr 0.3 input-norm x3``."""
+        out = f"lr {self.lr:g}"
+        if self.lr_scale != "none":
+            out += f" {self.lr_scale}"
+        if self.momentum:
+            out += f" momentum {self.momentum:g}"
+        if self.passes > 1:
+            out += f" x{self.passes}"
+        return out
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe form of :attr:`label`."""
+        return self.label.replace("lr ", "lr").replace(" ", "_")
+
+
+def parse_adaptation(spec: str, **defaults) -> SpecializeConfig:
+    """A :class:`SpecializeConfig` from ``LR[:LR_SCALE[:PASSES]]``, e.g. ``1e-4`` or ``0.3:input-norm:3``.
+
+    Raises:
+        ConfigError: a malformed spec, with the expected form.
+    """
+    parts = str(spec).split(":")
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        kw = dict(defaults, lr=float(parts[0]))
+        if len(parts) > 1:
+            kw["lr_scale"] = parts[1]
+        if len(parts) > 2:
+            kw["passes"] = int(parts[2])
+    except ValueError:
+        raise ConfigError(f"bad adaptation {spec!r}: use LR[:LR_SCALE[:PASSES]], e.g. 1e-4 or 0.3:input-norm:3, "
+                          f"with LR_SCALE one of {LR_SCALES}") from None
+    return SpecializeConfig(**kw)
+
 
 @dataclass
 class AdaptLog:

@@ -15,8 +15,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of splits, training and streams")
     p.add_argument("--score", default="max_softmax", help="exit score (max_softmax, energy, entropy, margin)")
     p.add_argument("--subsets", nargs="*", default=[], help="class subsets to adapt on (default: all known for the dataset)")
-    p.add_argument("--adapt-lr", type=float, nargs="+", default=[1e-4],
-                   help="SGD learning rate(s) of the head updates; several are run side by side (paper: 1e-4)")
+    p.add_argument("--adapt", nargs="+", default=["1e-4"], metavar="LR[:LR_SCALE[:PASSES]]",
+                   help="head-update settings, run side by side: SGD learning rate (paper: 1e-4), optionally "
+                        "lr_scale (none, or input-norm: lr divided by each head's mean squared input norm) and "
+                        "passes over the stream, e.g. 1e-4 0.3:input-norm:3")
+    p.add_argument("--stream-seeds", type=int, default=1,
+                   help="streams drawn (other images and order) per setting; figures report mean and spread")
     p.add_argument("--adapt-threshold", type=float, default=0.9, help="exit threshold while adapting (default 0.9)")
     p.add_argument("--adapt-batch", type=int, default=1, help="stream images per head update (paper: 1)")
     p.add_argument("--training", choices=["joint", "two-stage"], default=None, help="override the preset's training mode")
@@ -31,7 +35,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def _command(args: argparse.Namespace, out: str) -> str:
     """The equivalent ``dyninfer early-exit`` command line, from the parsed options (for the report)."""
     parts = ["dyninfer", "early-exit", "--preset", args.preset, "--dataset", args.dataset, "--seed", str(args.seed),
-             "--score", args.score, "--adapt-lr", *[f"{v:g}" for v in args.adapt_lr],
+             "--score", args.score, "--adapt", *args.adapt, "--stream-seeds", str(args.stream_seeds),
              "--adapt-threshold", f"{args.adapt_threshold:g}", "--adapt-batch", str(args.adapt_batch),
              "--clock", args.clock, "--out", out]
     if args.subsets:
@@ -48,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     from .report import write_report
 
     cfg = BenchmarkConfig(preset=args.preset, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                          score=args.score, subsets=tuple(args.subsets), adapt_lrs=tuple(args.adapt_lr),
+                          score=args.score, subsets=tuple(args.subsets), adaptations=tuple(args.adapt),
+                          stream_seeds=args.stream_seeds,
                           adapt_threshold=args.adapt_threshold, adapt_batch=args.adapt_batch, training=args.training,
                           clock=args.clock, device=args.device, progress=not args.no_progress)
     res = run(cfg)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
+from ...evaluate.frontier import upper_hull
 from ...evaluate.stats import expected_calibration_error, reliability_bins
 from ...scores import Score
 from ...trace import Trace
@@ -34,6 +35,8 @@ from .network import EarlyExitNetwork
 TABLE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 CURVE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.50, 0.9501, 0.05), 2))
 FINE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.50, 0.9501, 0.01), 2))
+# where the latency needed to reach an accuracy is searched: the fine grid, then on towards 1
+SEARCH_THRESHOLDS = FINE_THRESHOLDS + tuple(float(t) for t in np.round(np.arange(0.955, 0.9951, 0.005), 3))
 
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
@@ -223,6 +226,23 @@ def subset_curves(trace: Trace, score: Score, mask: np.ndarray, exit_ms: Sequenc
             out[g]["mflops"].append(float(cum[ex[m]].mean() / 1e6))
             out[g]["exit_share"].append((np.bincount(ex[m], minlength=P) / m.sum()).tolist())
     return out
+
+
+def hull_latency_to_reach(curve: dict, target: float) -> float | None:
+    """Lowest mean latency at which the upper concave hull of the curve's (latency, accuracy) points reaches
+    ``target`` (None if no point does).
+
+    Mixing two thresholds at random reaches every point between them, so the hull is attainable; reading
+    it instead of the best single grid point keeps the figure from jumping when one image more or less is
+    right at one threshold of a flat curve.
+    """
+    hx, hy = upper_hull(np.asarray(curve["latency_ms"], float), np.asarray(curve["accuracy"], float))
+    if hy.max() < target - 1e-12:
+        return None
+    i = int(np.argmax(hy >= target - 1e-12))
+    if i == 0:
+        return float(hx[0])
+    return float(hx[i - 1] + (target - hy[i - 1]) * (hx[i] - hx[i - 1]) / (hy[i] - hy[i - 1]))
 
 
 def latency_to_reach(curve: dict, target: float) -> float | None:
