@@ -96,3 +96,27 @@ def test_single_stage_runtime_is_the_plain_model(digits_prepared):
     with torch.inference_mode():
         expected = m(prep.data.test.x).argmax(1)
     assert torch.equal(rt.run(prep.data.test.x, 64).pred, expected)
+
+
+def test_batch_one_decisions_equal_batched_ones_with_thresholds_on_scores():
+    """The batch-1 path decides with one scalar comparison; it must agree with the batched float32 comparison,
+    including thresholds that lie exactly on a score or between two float32 neighbours of it."""
+    torch.manual_seed(0)
+    logits = torch.randn(400, 1, 1, 10) * 3  # the "images" are the logits of stage 0; stage 1 scales them
+
+    def stage0(x):
+        return x.flatten(1), x
+
+    def stage1(x):
+        return 2 * x.flatten(1), x
+
+    score = make_score("max_softmax")
+    s = score(logits.flatten(1))
+    rt = SequentialRuntime([stage0, stage1], score, [0.5])
+    for t in [float(s[3]), float(s[17]), float(s[3]) + 1e-9, float(s[17]) - 1e-9, 0.5]:
+        rt.thresholds = [t]
+        batched = rt(logits)
+        single = [rt(logits[i:i + 1]) for i in range(len(logits))]
+        assert torch.equal(batched.exit, torch.cat([r.exit for r in single]))
+        assert torch.equal(batched.pred, torch.cat([r.pred for r in single]))
+        assert [r.stage_counts.tolist() for r in single[:1]] in ([[1, 0]], [[1, 1]])
