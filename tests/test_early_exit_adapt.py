@@ -10,7 +10,7 @@ from dyninfer.data import load_dataset
 from dyninfer.errors import ConfigError, InputError
 from dyninfer.methods.early_exit import train_exits
 from dyninfer.methods.early_exit.adapt import SpecializeConfig, TestTimeSpecializer
-from dyninfer.methods.early_exit.evaluation import latency_to_reach, params_digest, subset_curves
+from dyninfer.methods.early_exit.evaluation import cheapest_point, params_digest, subset_curves
 from dyninfer.methods.early_exit.method import EarlyExit, exit_costs, record_exit_trace, uniform
 from dyninfer.methods.early_exit.streams import class_mask, subset_classes, subset_stream
 from dyninfer.models import create_model
@@ -87,7 +87,7 @@ def test_specialisation_makes_subset_exit_earlier(net, digits):
     spec.restore(snap)
     ca = subset_curves(after, score, mask, exit_ms, ths)
     assert ca["subset"]["latency_ms"][-1] < cb["subset"]["latency_ms"][-1]  # subset leaves earlier
-    lat_after = latency_to_reach(ca["subset"], cb["subset"]["accuracy"][-1] - 0.02)
+    lat_after, _ = cheapest_point(ca["subset"], cb["subset"]["accuracy"][-1] - 0.02)
     assert lat_after is not None and lat_after < cb["subset"]["latency_ms"][-1]
     np.testing.assert_array_equal(after.logits[P - 1], before.logits[P - 1])  # the last exit is untouched
 

@@ -99,8 +99,8 @@ def test_single_stage_runtime_is_the_plain_model(digits_prepared):
 
 
 def test_batch_one_decisions_equal_batched_ones_with_thresholds_on_scores():
-    """The batch-1 path decides with one scalar comparison; it must agree with the batched float32 comparison,
-    including thresholds that lie exactly on a score or between two float32 neighbours of it."""
+    """Samples run one at a time exit exactly where they exit in a batch, including at thresholds that lie on a
+    score or less than one float32 step away from it (a scalar float64 comparison would decide those differently)."""
     torch.manual_seed(0)
     logits = torch.randn(400, 1, 1, 10) * 3  # the "images" are the logits of stage 0; stage 1 scales them
 

@@ -79,3 +79,13 @@ def hull_accuracy_at(cost: np.ndarray, accuracy: np.ndarray, at: float | np.ndar
     """Accuracy of the upper hull of the given points at cost ``at`` (flat beyond the ends)."""
     hx, hy = upper_hull(np.asarray(cost, float), np.asarray(accuracy, float))
     return np.interp(at, hx, hy)
+
+
+def hull_cost_to_reach(cost: np.ndarray, accuracy: np.ndarray, target: float) -> float | None:
+    """Lowest cost at which the upper hull of the given points reaches accuracy ``target`` (None if it never does).
+
+    The inverse of :func:`hull_accuracy_at`; the hull rises strictly, so it is read by interpolation."""
+    hx, hy = upper_hull(np.asarray(cost, float), np.asarray(accuracy, float))
+    if hy[-1] < target - 1e-12:
+        return None
+    return float(np.interp(target, hy, hx))

@@ -114,21 +114,12 @@ class SequentialRuntime:
         stage_counts = np.zeros(len(self.stages), dtype=int)
         alive = torch.arange(n)  # original indices of samples still in the batch
         carry: Carry = x.to(self.device)
-        last = len(self.stages) - 1
         for p, stage in enumerate(self.stages):
             ts = time.perf_counter()
             stage_counts[p] = alive.numel()
             logits, carry = stage(carry)  # (n_alive, K)
             logits = logits.float().cpu()
-            if alive.numel() == 1:  # one sample (batch-1 serving): one scalar decision, no masks or scatters
-                if p == last or float(self.scores[p](logits)[0]) >= _f32(thresholds[p]):
-                    pred[alive[0]] = int(logits[0].argmax())
-                    exit_[alive[0]] = p
-                    stage_seconds[p] = time.perf_counter() - ts
-                    break
-                stage_seconds[p] = time.perf_counter() - ts
-                continue
-            if p == last:
+            if p == len(self.stages) - 1:
                 keep = torch.ones(alive.numel(), dtype=torch.bool)
             else:
                 keep = self.scores[p](logits) >= thresholds[p]
@@ -153,12 +144,6 @@ class SequentialRuntime:
                              np.concatenate([r.flops for r in parts]), sum(r.seconds for r in parts),
                              np.sum([r.stage_seconds for r in parts], axis=0),
                              np.sum([r.stage_counts for r in parts], axis=0))
-
-
-def _f32(t: float) -> float:
-    """``t`` rounded to float32: a float32 score compared with it in float64 decides exactly as the batched
-    float32 comparison (and the trace simulation) does."""
-    return float(np.float32(t))
 
 
 def model_stage(model: nn.Module) -> Stage:

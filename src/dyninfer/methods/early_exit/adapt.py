@@ -205,7 +205,7 @@ class TestTimeSpecializer:
                 continue
             touched += 1
             carry = _stack([c for _, c in items])
-            target = torch.tensor([t for t, _ in items], dtype=torch.long, device=_device_of(carry))
+            target = torch.tensor([t for t, _ in items], dtype=torch.long, device=model_device(self.net))
             losses.append(F.cross_entropy(self.net.heads[j](carry), target))
         if losses:
             self.optimizer_.zero_grad(set_to_none=True)
@@ -294,10 +294,6 @@ def _last_linear(head: torch.nn.Module, j: int) -> torch.nn.Linear:
         raise ConfigError(f"lr_scale='input-norm' needs an nn.Linear classifier in each head; head {j} has none "
                           f"({type(head).__name__}); use lr_scale='none'")
     return linears[-1]
-
-
-def _device_of(carry) -> torch.device:
-    return (carry[0] if isinstance(carry, tuple) else carry).device
 
 
 def _stack(carries: list):

@@ -18,8 +18,8 @@ from ...io import versions
 from ...scores import make_score
 from .adapt import TestTimeSpecializer, parse_adaptation
 from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
-                         hull_latency_to_reach, measure_exit_latencies, params_digest, subset_curves, table1,
-                         time_runtime_per_sample)
+                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest, subset_curves,
+                         table1, time_runtime_per_sample)
 from .method import EarlyExit, exit_costs, record_exit_trace, uniform
 from .presets import EE_PRESETS, EarlyExitPreset
 from .streams import SUBSETS, class_mask, subset_classes, subset_stream
@@ -203,8 +203,8 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
     lat_before = hull_latency_to_reach(before_search["subset"], target_acc)
     lat_after = hull_latency_to_reach(after_search["subset"], target_acc)
     # the single cheapest grid threshold reaching it (0.50-0.95), and the measured check at those thresholds
-    grid_before, th_before = _cheapest(before_fine["subset"], target_acc)
-    grid_after, th_after = _cheapest(after_fine["subset"], target_acc)
+    grid_before, th_before = cheapest_point(before_fine["subset"], target_acc)
+    grid_after, th_after = cheapest_point(after_fine["subset"], target_acc)
     meas_before = meas_after = None
     n_chk = min(preset.latency_samples, int(mask.sum()))
     if measure:
@@ -247,15 +247,6 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
             "other_accuracy_change_points": 100 * (other_after - other_before),
         },
     }
-
-
-def _cheapest(curve: dict, target: float) -> tuple[float | None, float | None]:
-    """(latency, threshold) of the cheapest point of a fine-grid curve whose accuracy reaches ``target``."""
-    best = None
-    for th, acc, lat in zip(curve["threshold"], curve["accuracy"], curve["latency_ms"]):
-        if acc >= target - 1e-12 and (best is None or lat < best[0]):
-            best = (lat, th)
-    return best if best is not None else (None, None)
 
 
 @torch.inference_mode()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from ...evaluate.frontier import upper_hull
+from ...evaluate.frontier import hull_cost_to_reach
 from ...evaluate.stats import expected_calibration_error, reliability_bins
 from ...scores import Score
 from ...trace import Trace
@@ -228,24 +228,18 @@ def subset_curves(trace: Trace, score: Score, mask: np.ndarray, exit_ms: Sequenc
     return out
 
 
+def cheapest_point(curve: dict, target: float) -> tuple[float | None, float | None]:
+    """(mean latency, threshold) of the cheapest point of ``curve`` whose accuracy reaches ``target``
+    ((None, None) if none does)."""
+    ok = [(lat, th) for th, acc, lat in zip(curve["threshold"], curve["accuracy"], curve["latency_ms"])
+          if acc >= target - 1e-12]
+    return min(ok) if ok else (None, None)
+
+
 def hull_latency_to_reach(curve: dict, target: float) -> float | None:
-    """Lowest mean latency at which the upper concave hull of the curve's (latency, accuracy) points reaches
-    ``target`` (None if no point does).
+    """Mean latency at which the upper hull of ``curve``'s (latency, accuracy) points reaches ``target``.
 
     Mixing two thresholds at random reaches every point between them, so the hull is attainable; reading
     it instead of the best single grid point keeps the figure from jumping when one image more or less is
-    right at one threshold of a flat curve.
-    """
-    hx, hy = upper_hull(np.asarray(curve["latency_ms"], float), np.asarray(curve["accuracy"], float))
-    if hy.max() < target - 1e-12:
-        return None
-    i = int(np.argmax(hy >= target - 1e-12))
-    if i == 0:
-        return float(hx[0])
-    return float(hx[i - 1] + (target - hy[i - 1]) * (hx[i] - hx[i - 1]) / (hy[i] - hy[i - 1]))
-
-
-def latency_to_reach(curve: dict, target: float) -> float | None:
-    """Lowest mean latency among the curve's points whose accuracy reaches ``target`` (None if none does)."""
-    ok = [lat for acc, lat in zip(curve["accuracy"], curve["latency_ms"]) if acc >= target - 1e-12]
-    return min(ok) if ok else None
+    right at one threshold of a flat curve."""
+    return hull_cost_to_reach(curve["latency_ms"], curve["accuracy"], target)
