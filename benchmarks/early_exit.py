@@ -4,9 +4,10 @@
     python benchmarks/early_exit.py --preset quick        # smoke run -> reports/early-exit-quick/
 
 Other ``dyninfer early-exit`` options pass through (``dyninfer early-exit --help``). Unless given, the
-head updates run with the paper's setting (SGD, lr 1e-4, one pass) and with per-head normalised steps
-(lr 0.3 over each head's mean squared input norm, the stream replayed 3 times), side by side, each on
-3 streams (different images and order).
+head updates run with the paper's setting (SGD, lr 1e-4, one pass) and with the setting that 5-fold
+cross-validation on the calibration split chooses per subset from a default grid (plain SGD steps and
+per-head normalised steps, one pass or three; ``--select``), side by side, each on 3 streams (different
+images and order). The test split is never used to choose.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def build_args(args: list[str]) -> list[str]:
     if not _has(args, "--preset"):
         extra += ["--preset", "full"]
     if not _has(args, "--adapt"):
-        extra += ["--adapt", "1e-4", "0.3:input-norm:3"]
+        extra += ["--adapt", "1e-4"]
+    if not _has(args, "--select"):
+        extra += ["--select"]
     if not _has(args, "--stream-seeds"):
         extra += ["--stream-seeds", "3"]
     if not _has(args, "--out"):

@@ -171,3 +171,68 @@ def test_hull_latency_to_reach_interpolates_and_ignores_dominated_points():
     assert hull_latency_to_reach(curve, 0.80) == pytest.approx(1.0)
     assert hull_latency_to_reach(curve, 0.92) == pytest.approx(3.0)
     assert hull_latency_to_reach(curve, 0.93) is None
+
+
+@pytest.mark.parametrize("lr_scale", ["none", "input-norm"])
+def test_prefetched_features_adapt_like_one_image_at_a_time(net, digits, lr_scale):
+    cfg = SpecializeConfig(lr=0.05 if lr_scale == "none" else 0.3, lr_scale=lr_scale, threshold=0.95, passes=2)
+    x = subset_stream(digits.calib, subset_classes(digits.spec, "round"), per_class=15, seed=2).x
+    spec = TestTimeSpecializer(net, cfg)
+    snap = spec.snapshot()
+    spec.adapt(x, progress=False)
+    one = spec.snapshot()
+    log1 = spec.log_
+    spec.restore(snap)
+    spec.adapt(x, progress=False, prefetch=16)  # chunks straddle the pass boundary (2 x 60 images)
+    many = spec.snapshot()
+    spec.restore(snap)
+    assert spec.log_.exit.tolist() == log1.exit.tolist() and spec.log_.pred.tolist() == log1.pred.tolist()
+    assert spec.log_.infer_s.shape == log1.infer_s.shape and (spec.log_.infer_s > 0).all()
+    for p, sd in one["heads"].items():
+        for k, v in sd.items():
+            torch.testing.assert_close(many["heads"][p][k], v, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(many["input_sq"], one["input_sq"], rtol=1e-5)
+    with pytest.raises(ConfigError, match="prefetch"):
+        spec.adapt(x, progress=False, prefetch=0)
+
+
+def test_fold_indices_are_disjoint_stratified_and_cover_the_subset(digits):
+    from dyninfer.methods.early_exit.select import fold_indices
+
+    y = digits.calib.y.numpy()
+    classes = subset_classes(digits.spec, "round")
+    parts = fold_indices(y, classes, 4, seed=3)
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == np.flatnonzero(np.isin(y, classes)).tolist()  # each image exactly once
+    for c in classes:  # every fold holds about a quarter of each class
+        counts = [int((y[p] == c).sum()) for p in parts]
+        assert max(counts) - min(counts) <= 1
+    with pytest.raises(ConfigError, match="folds"):
+        fold_indices(y, classes, 1)
+    with pytest.raises(ConfigError, match="fewer than"):
+        fold_indices(y, classes, 10_000)
+
+
+def test_cross_validated_selection_judges_held_out_images_and_restores_heads(net, digits):
+    from dyninfer.methods.early_exit.select import select_adaptation
+
+    classes = subset_classes(digits.spec, "round")
+    costs = exit_costs(net, digits.calib.x[:16], batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
+    exit_ms = [1.0 * (p + 1) for p in range(net.n_exits)]
+    heads0 = [params_digest(h) for h in net.heads]
+    kw = dict(costs=costs, exit_ms=exit_ms, score=make_score("max_softmax"), folds=4, threshold=0.95,
+              log=lambda s: None)
+    res = select_adaptation(net, digits.calib, classes, ["1e-4", "0.3:input-norm:2"], **kw)
+    assert [params_digest(h) for h in net.heads] == heads0
+    n_sub = int(np.isin(digits.calib.y.numpy(), classes).sum())
+    assert res["held_out_images"] == n_sub
+    assert sum(res["stream_images_per_fold"]) == 3 * n_sub  # each image streams in the 3 folds that do not hold it out
+    paper, big = res["rows"]
+    assert abs(paper["latency_reduction"]) < 0.05  # lr 1e-4 barely moves the heads in a stream this short
+    assert big["latency_reduction"] > paper["latency_reduction"]  # a larger step makes the held-out subset leave sooner
+    eligible = [r for r in res["rows"] if r["eligible"]]
+    assert res["chosen"] == max(eligible, key=lambda r: r["latency_reduction"])["label"]
+    none = select_adaptation(net, digits.calib, classes, ["1e-4"], max_other_drop=-100.0, **kw)
+    assert none["chosen"] is None and not none["rows"][0]["eligible"]  # nothing can gain 100 points
+    with pytest.raises(ConfigError, match="candidates"):
+        select_adaptation(net, digits.calib, classes, [], **kw)

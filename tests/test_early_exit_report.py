@@ -13,12 +13,17 @@ from dyninfer.cli import main
 def test_cli_writes_report(tmp_path):
     out = tmp_path / "report"
     rc = main(["early-exit", "--preset", "tiny", "--dataset", "digits", "--adapt", "1e-2", "0.1:input-norm:2", "--stream-seeds", "2",
-               "--subsets", "round", "--out", str(out), "--no-progress"])
+               "--select", "1e-2", "0.3:input-norm", "--select-folds", "3", "--subsets", "round", "--out", str(out), "--no-progress"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["seed"] == 0 and res["versions"]["torch"]
     assert all(v == {"pred_mismatch": 0, "exit_mismatch": 0} for v in res["table1"]["runtime_matches_trace"].values())
-    plain, normed = res["specialisation"]
+    plain, normed = res["specialisation"][:2]
+    sel = res["selection"]["round"]
+    assert [r["label"] for r in sel["rows"]] == ["lr 0.01", "lr 0.3 input-norm"] and sel["folds"] == 3
+    chosen = [e for e in res["specialisation"] if e["selected"]]
+    assert len(chosen) == (sel["chosen"] is not None) and all(e["label"] == sel["chosen"] for e in chosen)
+    assert len(res["specialisation"]) == 2 + (sel["chosen"] == "lr 0.3 input-norm")  # lr 0.01 is already in --adapt
     assert normed["config"]["lr_scale"] == "input-norm" and normed["config"]["passes"] == 2
     for tts in (plain, normed):
         assert tts["checks"] == {"backbone_bitwise_unchanged": True, "final_head_bitwise_unchanged": True,
@@ -32,6 +37,7 @@ def test_cli_writes_report(tmp_path):
         assert (out / name).stat().st_size > 1000
     md = (out / "REPORT.md").read_text()
     assert "## Table 1" in md and "| Baseline | no heads |" in md and "ECE" in md
+    assert "cross-validation on the calibration split" in md and "## Calibration after adaptation" in md
 
 
 def test_unknown_subset_is_a_clean_error(tmp_path, capsys):

@@ -16,12 +16,13 @@ from ...data.datasets import load_dataset
 from ...errors import ConfigError
 from ...io import versions
 from ...scores import make_score
-from .adapt import TestTimeSpecializer, parse_adaptation
+from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
 from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
                          cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest, subset_curves,
                          table1, time_runtime_per_sample)
 from .method import EarlyExit, exit_costs, record_exit_trace, uniform
 from .presets import EE_PRESETS, EarlyExitPreset
+from .select import select_adaptation
 from .streams import SUBSETS, class_mask, subset_classes, subset_stream
 from .train import fit_early_exit
 
@@ -37,6 +38,8 @@ class BenchmarkConfig:
     score: str = "max_softmax"                              # exit score (the paper's)
     subsets: Sequence[str] = ()                             # class subsets to adapt on (default: all known)
     adaptations: Sequence[str] = ("1e-4",)                  # LR[:LR_SCALE[:PASSES]] each, side by side (paper: 1e-4)
+    select_from: Sequence[str] = ()                         # candidates cross-validated on the calibration split
+    select_folds: int = 5                                   # folds of that cross-validation
     stream_seeds: int = 1                                   # streams drawn per adaptation (figures: mean and spread)
     adapt_threshold: float = 0.9                            # exit threshold while adapting
     adapt_batch: int = 1                                    # stream images per head update (paper: 1)
@@ -127,18 +130,33 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     }
     log(f"[targets] {targets}")
 
-    adaptations = [parse_adaptation(a, batch_size=cfg.adapt_batch, score=cfg.score, threshold=cfg.adapt_threshold)
-                   for a in cfg.adaptations]  # fail before any adaptation on a bad spec
+    adapt_defaults = dict(batch_size=cfg.adapt_batch, score=cfg.score, threshold=cfg.adapt_threshold)
+    adaptations = [parse_adaptation(a, **adapt_defaults) for a in cfg.adaptations]  # fail early on a bad spec
+    candidates = [parse_adaptation(a, **adapt_defaults) for a in cfg.select_from]
     if cfg.stream_seeds < 1:
         raise ConfigError(f"stream_seeds must be >= 1, got {cfg.stream_seeds}")
-    tts = []
+    tts, selections = [], {}
     for sub in subsets:
         classes = subset_classes(data.spec, sub)
         mask = class_mask(test_tr.labels, classes)
         before = subset_curves(test_tr, score, mask, exit_ms, CURVE_THRESHOLDS)
         before_fine = subset_curves(test_tr, score, mask, exit_ms, FINE_THRESHOLDS)
         before_search = subset_curves(test_tr, score, mask, exit_ms, SEARCH_THRESHOLDS)
-        for sc in adaptations:
+        sub_adaptations, chosen = list(adaptations), None
+        if candidates:
+            log(f"[select] {sub}: cross-validating {len(candidates)} settings on the calibration split "
+                f"({cfg.select_folds} folds)")
+            selections[sub] = select_adaptation(net, data.calib, classes, candidates, costs=costs, exit_ms=exit_ms,
+                                                score=score, folds=cfg.select_folds, seed=cfg.seed,
+                                                progress=cfg.progress, log=log)
+            if selections[sub]["chosen_config"] is not None:
+                chosen = SpecializeConfig(**selections[sub]["chosen_config"])
+                log(f"[select] {sub}: chose {chosen.label}")
+                if chosen not in sub_adaptations:
+                    sub_adaptations.append(chosen)
+            else:
+                log(f"[select] {sub}: no candidate kept the other classes within the bound; nothing chosen")
+        for sc in sub_adaptations:
             runs = []
             for k in range(cfg.stream_seeds):
                 stream = subset_stream(data.calib, classes, per_class=preset.stream_per_class, seed=cfg.seed + k)
@@ -160,9 +178,9 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                 "met_judged_on": "mean over the streams of the hull-interpolated latency reduction (>= 25%) and of the "
                                  "other-class accuracy change at the highest threshold (within 0.5 points)",
             })
-            entry = {"subset": sub, "classes": classes, "class_names": [data.spec.class_names[c] for c in classes],
+            entry = {"subset": sub, "selected": sc == chosen, "classes": classes, "class_names": [data.spec.class_names[c] for c in classes],
                      "stream_images": first["stream_images"], "config": sc.to_dict(), "label": sc.label, "slug": sc.slug,
-                     "adapt_log": first["adapt_log"], "update_flops_worst_case": first["update_flops_worst_case"],
+                     "adapt_log": first["adapt_log"], "ece": first["ece"], "update_flops_worst_case": first["update_flops_worst_case"],
                      "checks": first["checks"], "before": before, "after": first["after"], "target": target,
                      "streams": [r["target"] for r in runs]}
             log(f"[adapt] {sub} {sc.label}: reduction per stream {np.round(reds, 3).tolist()}, other classes "
@@ -178,7 +196,7 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
         "model": {k: v for k, v in meta.items() if k != "versions"}, "exit_names": list(net.exit_names),
         "costs": [c.to_dict() for c in costs], "baseline_equals_last_exit": baseline_equals_last_exit,
         "calibrated_policy": fitted.calib_point_, "latency_batch1": lat, "table1": t1, "targets": targets,
-        "specialisation": tts, "calibration": calib_info,
+        "specialisation": tts, "selection": selections, "calibration": calib_info,
     }
 
 
@@ -191,11 +209,17 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
     heads_digest = [params_digest(h) for h in net.heads]
     spec = TestTimeSpecializer(net, sc)
     snap = spec.snapshot()
-    spec.adapt(stream.x, progress=progress)
+    # the measured stream runs image by image as deployed; the others compute backbone features ahead (same result
+    # up to float rounding, see TestTimeSpecializer.adapt)
+    spec.adapt(stream.x, progress=progress, prefetch=1 if measure else 256)
     after_tr = record_exit_trace(net, data.test, costs, meta={**tmeta, "split": "test", "adapted": sub})
     after = subset_curves(after_tr, score, mask, exit_ms, CURVE_THRESHOLDS)
     after_fine = subset_curves(after_tr, score, mask, exit_ms, FINE_THRESHOLDS)
     after_search = subset_curves(after_tr, score, mask, exit_ms, SEARCH_THRESHOLDS)
+    ece = {"subset_before": [c["ece"] for c in calibration(test_tr, score, mask=mask)],
+           "subset_after": [c["ece"] for c in calibration(after_tr, score, mask=mask)],
+           "other_before": [c["ece"] for c in calibration(test_tr, score, mask=~mask)],
+           "other_after": [c["ece"] for c in calibration(after_tr, score, mask=~mask)]}
     hi = FINE_THRESHOLDS[-1]
     target_acc = before_fine["subset"]["accuracy"][-1]  # the subset accuracy at the highest threshold
     lat_before_hi = before_fine["subset"]["latency_ms"][-1]
@@ -229,7 +253,7 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
     other_after = after_fine["other"]["accuracy"][-1]
     red = None if lat_after is None or lat_before is None else 1 - lat_after / lat_before
     return {
-        "stream_images": len(stream), "adapt_log": summary, "update_flops_worst_case": upd_flops, "checks": checks,
+        "stream_images": len(stream), "adapt_log": summary, "ece": ece, "update_flops_worst_case": upd_flops, "checks": checks,
         "after": after,
         "target": {
             "highest_threshold": hi, "pre_adaptation_subset_accuracy": target_acc,

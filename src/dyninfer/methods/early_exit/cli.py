@@ -19,6 +19,11 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="head-update settings, run side by side: SGD learning rate (paper: 1e-4), optionally "
                         "lr_scale (none, or input-norm: lr divided by each head's mean squared input norm) and "
                         "passes over the stream, e.g. 1e-4 0.3:input-norm:3")
+    p.add_argument("--select", nargs="*", default=None, metavar="LR[:LR_SCALE[:PASSES]]",
+                   help="choose the head-update setting per subset by cross-validation on the calibration split "
+                        "(never the test split) among these candidates (none given: a default grid of plain and "
+                        "input-norm steps); the chosen one is then evaluated on the test split beside --adapt")
+    p.add_argument("--select-folds", type=int, default=5, help="folds of that cross-validation (default 5)")
     p.add_argument("--stream-seeds", type=int, default=1,
                    help="streams drawn (other images and order) per setting; figures report mean and spread")
     p.add_argument("--adapt-threshold", type=float, default=0.9, help="exit threshold while adapting (default 0.9)")
@@ -38,6 +43,8 @@ def _command(args: argparse.Namespace, out: str) -> str:
              "--score", args.score, "--adapt", *args.adapt, "--stream-seeds", str(args.stream_seeds),
              "--adapt-threshold", f"{args.adapt_threshold:g}", "--adapt-batch", str(args.adapt_batch),
              "--clock", args.clock, "--out", out]
+    if args.select is not None:
+        parts += ["--select", *args.select, "--select-folds", str(args.select_folds)]
     if args.subsets:
         parts += ["--subsets", *args.subsets]
     if args.training:
@@ -47,13 +54,22 @@ def _command(args: argparse.Namespace, out: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _candidates(select: list[str] | None) -> tuple[str, ...]:
+    from .select import DEFAULT_CANDIDATES
+
+    if select is None:
+        return ()
+    return tuple(select) or DEFAULT_CANDIDATES
+
+
 def _run(args: argparse.Namespace) -> int:
     from .benchmark import BenchmarkConfig, run
     from .report import write_report
 
     cfg = BenchmarkConfig(preset=args.preset, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                           score=args.score, subsets=tuple(args.subsets), adaptations=tuple(args.adapt),
-                          stream_seeds=args.stream_seeds,
+                          stream_seeds=args.stream_seeds, select_from=_candidates(args.select),
+                          select_folds=args.select_folds,
                           adapt_threshold=args.adapt_threshold, adapt_batch=args.adapt_batch, training=args.training,
                           clock=args.clock, device=args.device, progress=not args.no_progress)
     res = run(cfg)

@@ -190,13 +190,15 @@ def _batched_baseline(net: EarlyExitNetwork, x: torch.Tensor, batch_size: int) -
     return time.perf_counter() - t0
 
 
-def calibration(trace: Trace, score: Score, *, n_bins: int = 15) -> list[dict]:
-    """Per exit: ECE and reliability-diagram bins of the max-softmax confidence on ``trace``."""
+def calibration(trace: Trace, score: Score, *, n_bins: int = 15, mask: np.ndarray | None = None) -> list[dict]:
+    """Per exit: ECE and reliability-diagram bins of the max-softmax confidence on ``trace``
+    (only the samples in ``mask``, when given)."""
+    rows = slice(None) if mask is None else np.asarray(mask, bool)
     out = []
     for p, name in enumerate(trace.paths):
-        probs = torch.from_numpy(trace.logits[p]).softmax(-1)
+        probs = torch.from_numpy(trace.logits[p][rows]).softmax(-1)
         conf = probs.amax(-1).numpy()
-        corr = trace.correct[p]
+        corr = trace.correct[p][rows]
         rb = reliability_bins(conf, corr, n_bins=n_bins)
         out.append({"exit": name, "accuracy": float(corr.mean()), "mean_confidence": float(conf.mean()),
                     "ece": expected_calibration_error(conf, corr, n_bins=n_bins),
@@ -209,18 +211,20 @@ def subset_curves(trace: Trace, score: Score, mask: np.ndarray, exit_ms: Sequenc
     """Accuracy, mean batch-1 latency (exit model) and mean FLOPs for the samples in ``mask`` and the rest.
 
     Returns:
-        {"subset": {...}, "other": {...}} with lists over ``thresholds``.
+        {"subset": {...}, "other": {...}} with lists over ``thresholds``; a group with no samples is left out.
     """
     s = stage_scores(trace, score)
     P = len(trace.paths)
     cum = np.cumsum([c.flops for c in trace.costs])
+    mask = np.asarray(mask, bool)
+    groups = [(g, m) for g, m in (("subset", mask), ("other", ~mask)) if m.any()]
     out: dict[str, dict[str, list]] = {g: {"threshold": list(thresholds), "accuracy": [], "latency_ms": [],
-                                           "mflops": [], "exit_share": []} for g in ("subset", "other")}
+                                           "mflops": [], "exit_share": []} for g, _ in groups}
     preds = trace.preds
     for t in thresholds:
         ex = exits_for(s, np.asarray(uniform(t, P)))
         correct = preds[ex, np.arange(trace.n)] == trace.labels
-        for g, m in (("subset", mask), ("other", ~mask)):
+        for g, m in groups:
             out[g]["accuracy"].append(float(correct[m].mean()))
             out[g]["latency_ms"].append(float(np.asarray(exit_ms)[ex[m]].mean()))
             out[g]["mflops"].append(float(cum[ex[m]].mean() / 1e6))

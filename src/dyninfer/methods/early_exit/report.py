@@ -118,6 +118,28 @@ def markdown(res: dict, command: str = "") -> str:
                          f"{b['subset']['latency_ms'][i]:.3f} | {a2['subset']['latency_ms'][i]:.3f} | "
                          f"{100 * b['other']['accuracy'][i]:.2f} | {100 * a2['other']['accuracy'][i]:.2f} | "
                          f"{b['other']['latency_ms'][i]:.3f} | {a2['other']['latency_ms'][i]:.3f} |")
+    for sub, sel in (res.get("selection") or {}).items():
+        lines += ["", f"## Choosing the setting for {sub}: {sel['folds']}-fold cross-validation on the calibration split",
+                  "", f"The test split is not used. Each fold adapts on {min(sel['stream_images_per_fold'])}-"
+                  f"{max(sel['stream_images_per_fold'])} subset calibration images and holds out the rest; the "
+                  f"{sel['held_out_images']} held-out images are pooled (each judged once, by heads that never saw it) "
+                  f"and {sel['other_images']} calibration images of other classes check the rest. Criterion: "
+                  f"{sel['criterion']}. Pre-adaptation subset accuracy on the pooled hold-out: "
+                  f"{100 * sel['pre_adaptation_subset_accuracy']:.2f}%.", "",
+                  "| Candidate | Held-out latency to reach (ms) | Reduction | Other classes (points, mean over folds) | "
+                  "Eligible | Chosen |", "|---|---|---|---|---|---|"]
+        for r in sel["rows"]:
+            lines.append(f"| {r['label']} | {_ms(r['latency_before_ms'])} -> {_ms(r['latency_after_ms'])} | "
+                         f"{_pct(r['latency_reduction'])} | {r['other_accuracy_change_points']:+.2f} | "
+                         f"{'yes' if r['eligible'] else 'no'} | {'**yes**' if r['label'] == sel['chosen'] else ''} |")
+    with_ece = [e for e in res["specialisation"] if "ece" in e]
+    if with_ece:
+        lines += ["", "## Calibration after adaptation (ECE per exit, test split, first stream)", "",
+                  "| Subset | Setting | Subset images before | after | Other classes before | after |", "|---|---|---|---|---|---|"]
+        for e in with_ece:
+            f = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
+            lines.append(f"| {e['subset']} | {_label(e)} | {f(e['ece']['subset_before'])} | {f(e['ece']['subset_after'])} | "
+                         f"{f(e['ece']['other_before'])} | {f(e['ece']['other_after'])} |")
     lines += ["", "## Calibration per exit (test split, max softmax)", "", "| Exit | Accuracy | Mean confidence | ECE |",
               "|---|---|---|---|"]
     for c in res["calibration"]:
@@ -132,7 +154,8 @@ def markdown(res: dict, command: str = "") -> str:
 
 
 def _label(e: dict) -> str:
-    return e.get("label") or f"lr {e['config']['lr']:g}"
+    label = e.get("label") or f"lr {e['config']['lr']:g}"
+    return label + (", chosen by cross-validation" if e.get("selected") else "")
 
 
 def plots(res: dict, folder: Path) -> list[str]:
