@@ -2,6 +2,7 @@
 
     python benchmarks/early_exit.py                       # full preset -> reports/early-exit-full/
     python benchmarks/early_exit.py --preset quick        # smoke run -> reports/early-exit-quick/
+    python benchmarks/early_exit.py --no-select           # without the cross-validated setting (faster)
 
 Other ``dyninfer early-exit`` options pass through (``dyninfer early-exit --help``). Unless given, the
 head updates run with the paper's setting (SGD, lr 1e-4, one pass) and with the setting that 5-fold
@@ -28,7 +29,9 @@ def build_args(args: list[str]) -> list[str]:
         extra += ["--preset", "full"]
     if not _has(args, "--adapt"):
         extra += ["--adapt", "1e-4"]
-    if not _has(args, "--select"):
+    if "--no-select" in args:  # the paper's setting and --adapt only: no cross-validation
+        args = [a for a in args if a != "--no-select"]
+    elif not _has(args, "--select"):
         extra += ["--select"]
     if not _has(args, "--stream-seeds"):
         extra += ["--stream-seeds", "3"]

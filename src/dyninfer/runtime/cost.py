@@ -23,8 +23,13 @@ DEFAULT_GRID_G_PER_KWH = 400.0  # gCO2 per kWh, as in the backbone-selection pap
 DEFAULT_CPU_WATTS_PER_THREAD = 8.0  # stated power model for CPUs without an energy counter
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu") -> int:
-    """FLOPs of one forward pass on one sample (2 per multiply-add), counted by torch's FlopCounterMode."""
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device | None = None) -> int:
+    """FLOPs of one forward pass on one sample (2 per multiply-add), counted by torch's FlopCounterMode.
+
+    The probe image is made on ``device`` (default: where the model's first parameter is, else the CPU)."""
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
     x = torch.zeros(1, *input_shape, device=device)
     was_training = model.training
     model.eval()

@@ -9,6 +9,9 @@ For the same thresholds the runtime makes the trace simulation's decisions exact
 a sample's logits do not depend on its batch mates. On CPU that holds bitwise for batches of
 two or more; at batch 1 oneDNN picks other kernels whose results differ by about 1e-6, so a
 sample whose score lies within that distance of a threshold may exit at the neighbouring stage.
+On CUDA, cuDNN picks kernels by batch size, and the batch shrinks as samples leave: on the
+Fashion-MNIST test split (revcol-s, H100) 0-3 of 10,000 samples exited at a neighbouring stage
+with the same prediction.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from ...data.datasets import load_dataset
 from ...errors import ConfigError
 from ...io import versions
 from ...scores import make_score
+from ...train.trainer import model_device
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
 from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
                          cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest, subset_curves,
@@ -80,7 +81,7 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     policy = EarlyExit(cfg.score)
 
     log("[cost] measuring incremental exit costs")
-    costs = exit_costs(net, data.calib.x[:preset.batch_size], batches=(1, 64, preset.batch_size),
+    costs = exit_costs(net, data.calib.x[:preset.batch_size].to(cfg.device), batches=(1, 64, preset.batch_size),
                        repeats=max(5, preset.latency_repeats // 10), min_time_s=0.1)
     tmeta = {"dataset": data.meta, "model": preset.model, "training": training}
     calib_tr = record_exit_trace(net, data.calib, costs, meta={**tmeta, "split": "calib"})
@@ -276,4 +277,5 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
 @torch.inference_mode()
 def _baseline_logits(net, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     net.eval()
-    return torch.cat([net(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]).numpy()
+    device = model_device(net)
+    return torch.cat([net(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]).numpy()

@@ -27,6 +27,7 @@ from ...evaluate.frontier import hull_cost_to_reach
 from ...evaluate.stats import expected_calibration_error, reliability_bins
 from ...scores import Score
 from ...trace import Trace
+from ...train.trainer import model_device
 from ...runtime.executor import SequentialRuntime
 from ..cascade.simulate import exits_for, simulate, stage_scores
 from .method import EarlyExit, forced_exit, run_batched, time_runtime_per_sample, uniform
@@ -107,11 +108,17 @@ def measure_exit_latencies(net: EarlyExitNetwork, policy: EarlyExit, x1: torch.T
     comparing it with ``runtime_exit{P-1}`` isolates what the intermediate heads and exit decisions add."""
     net.eval()
     P = net.n_exits
+    device = model_device(net)
     rts = [policy.runtime(net, forced_exit(p, P)) for p in range(P)]
-    base_rt = SequentialRuntime([lambda x: (net(x), x)], policy.score_, [], input_shape=net.input_shape)
-    calls: dict[str, Callable[[], object]] = {"baseline": lambda: net(x1), "runtime_baseline": lambda: base_rt(x1)}
+    base_rt = SequentialRuntime([lambda x: (net(x), x)], policy.score_, [], input_shape=net.input_shape, device=device)
+    xd = x1.to(device)  # the modules get the image where they run; the runtimes take it from the caller, as deployed
+
+    def synced(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:  # a GPU call is timed to its end
+        return (lambda: fn().cpu()) if device.type != "cpu" else fn
+
+    calls: dict[str, Callable[[], object]] = {"baseline": synced(lambda: net(xd)), "runtime_baseline": lambda: base_rt(x1)}
     for p in range(P):
-        calls[f"module_exit{p}"] = (lambda p=p: net.forward_to(x1, p, all_heads=True))
+        calls[f"module_exit{p}"] = synced(lambda p=p: net.forward_to(xd, p, all_heads=True))
         calls[f"runtime_exit{p}"] = (lambda p=p: rts[p](x1))
     return interleaved_latency(calls, rounds=rounds, clock=clock)
 
@@ -183,10 +190,12 @@ def table1(net: EarlyExitNetwork, policy: EarlyExit, test: Trace, x_test: torch.
 
 @torch.inference_mode()
 def _batched_baseline(net: EarlyExitNetwork, x: torch.Tensor, batch_size: int) -> float:
+    """Seconds for the baseline over ``x`` in batches, inputs moved to the network and logits back (as the runtime)."""
     net.eval()
+    device = model_device(net)
     t0 = time.perf_counter()
     for i in range(0, x.shape[0], batch_size):
-        net(x[i:i + batch_size])
+        net(x[i:i + batch_size].to(device)).cpu()
     return time.perf_counter() - t0
 
 

@@ -25,6 +25,7 @@ from ...runtime.cost import DEFAULT_CPU_WATTS_PER_THREAD, EnergyMeter, LatencySt
 from ...runtime.executor import SequentialRuntime
 from ...scores import Score, make_score
 from ...trace import Trace
+from ...train.trainer import model_device
 from ..cascade.simulate import simulate, stage_scores
 from .network import EarlyExitNetwork
 from .train import exit_logits
@@ -195,9 +196,12 @@ class EarlyExit:
         return simulate(trace, self.score_, t)
 
     def runtime(self, net: EarlyExitNetwork, thresholds=None, *, stage_flops: Sequence[float] | None = None,
-                device: str | torch.device = "cpu") -> SequentialRuntime:
-        """A batched :class:`SequentialRuntime` over the network's exits; its ``thresholds`` stay changeable."""
+                device: str | torch.device | None = None) -> SequentialRuntime:
+        """A batched :class:`SequentialRuntime` over the network's exits; its ``thresholds`` stay changeable.
+
+        ``device``: where the network runs (it is moved there); default: where it already is."""
         t = self._resolve(thresholds if thresholds is not None else getattr(self, "thresholds_", None), net.n_exits)
+        device = model_device(net) if device is None else torch.device(device)
         net.to(device).eval()
         return SequentialRuntime(net.stages(), self.score_, t, stage_flops=stage_flops, input_shape=net.input_shape,
                                  device=device)

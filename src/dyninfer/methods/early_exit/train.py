@@ -25,7 +25,7 @@ from ...models.registry import create_model
 from ...runtime.cost import count_flops, count_params
 from ...train.checkpoint import cache_key, cached_model, load_checkpoint, save_checkpoint
 from ...train.recipe import Recipe
-from ...train.trainer import TrainResult, train
+from ...train.trainer import TrainResult, model_device, train
 from .network import EarlyExitNetwork
 
 TRAINING_MODES = ("joint", "two-stage")
@@ -99,16 +99,19 @@ def _heads_on_frozen(net: EarlyExitNetwork, x: torch.Tensor, exits: list[int]) -
 
 
 def exit_accuracies(net: EarlyExitNetwork, split: Split, *, batch_size: int = 512,
-                    device: str | torch.device = "cpu") -> list[float]:
+                    device: str | torch.device | None = None) -> list[float]:
     """Accuracy of every exit on ``split``."""
     logits = exit_logits(net, split.x, batch_size=batch_size, device=device)
     return [float((lo.argmax(1) == split.y).float().mean()) for lo in logits]
 
 
 @torch.inference_mode()
-def exit_logits(net: EarlyExitNetwork, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu",
-                progress: bool = False, desc: str = "exits") -> list[torch.Tensor]:
-    """Logits of every exit on ``x`` (N, C, H, W): a list of P tensors (N, K), computed in batches."""
+def exit_logits(net: EarlyExitNetwork, x: torch.Tensor, *, batch_size: int = 512,
+                device: str | torch.device | None = None, progress: bool = False,
+                desc: str = "exits") -> list[torch.Tensor]:
+    """Logits of every exit on ``x`` (N, C, H, W): a list of P tensors (N, K) on the CPU, computed in batches
+    on ``device`` (default: where the network is)."""
+    device = model_device(net) if device is None else device
     net.eval()
     parts: list[list[torch.Tensor]] = [[] for _ in range(net.n_exits)]
     for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, disable=not progress, leave=False, mininterval=1.0):
