@@ -107,3 +107,21 @@ def test_recipe_rejects_unknown_keys():
     assert Recipe.from_dict({"epochs": 3}).epochs == 3
     with pytest.raises(ConfigError, match="unknown Recipe keys"):
         Recipe.from_dict({"epoch": 3})
+
+
+def test_early_exit_checkpoint_loads_without_importing_its_method(tmp_path):
+    """A fresh interpreter that only imports the checkpoint loader still knows the revcol-* backbones."""
+    import subprocess
+    import sys
+
+    from dyninfer.data import load_dataset
+
+    spec = load_dataset("digits", calib_size=100).spec
+    torch.manual_seed(0)
+    net = create_model("revcol-tiny", spec)
+    path = save_checkpoint(net, tmp_path / "revcol.pt", {"note": "test"})
+    code = ("import sys, torch; from dyninfer.train import load_checkpoint; net, meta = load_checkpoint(sys.argv[1]); "
+            "print(type(net).__name__, net.n_exits, meta['note'])")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["RevColNet", str(net.n_exits), "test"]
