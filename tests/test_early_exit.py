@@ -284,3 +284,17 @@ def test_fit_early_exit_caches_and_two_stage_keeps_backbone(digits, tmp_path):
         fit_early_exit("revcol-tiny", digits, recipe, training="sideways", root=tmp_path)
     with pytest.raises(ConfigError):
         fit_early_exit("cnn-s", digits, recipe, root=tmp_path, progress=False, log=logs.append)
+
+
+def test_paired_overhead_cancels_drift_shared_by_both_calls():
+    from dyninfer.methods.early_exit.evaluation import interleaved_latency, paired_overhead
+
+    rng = np.random.default_rng(0)
+    drift = np.linspace(1.0, 3.0, 400) * rng.uniform(0.8, 1.2, 400)  # the machine slows down threefold
+    lat = {"base": {"times_ms": (2.0 * drift).tolist()},
+           "heads": {"times_ms": (2.0 * drift * 1.03 * rng.uniform(0.995, 1.005, 400)).tolist()}}
+    o = paired_overhead(lat, "heads", "base")
+    assert o["pct"] == pytest.approx(3.0, abs=0.2) and o["ci_low_pct"] < 3.0 < o["ci_high_pct"]
+    assert o["ci_high_pct"] - o["ci_low_pct"] < 0.5 and o["rounds"] == 400
+    lat_calls = interleaved_latency({"a": lambda: None, "b": lambda: None}, rounds=7, warmup=0)
+    assert len(lat_calls["a"]["times_ms"]) == 7 and all(t >= 0 for t in lat_calls["b"]["times_ms"])

@@ -19,8 +19,8 @@ from ...scores import make_score
 from ...train.trainer import model_device
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
 from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
-                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest, subset_curves,
-                         table1, time_runtime_per_sample)
+                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, paired_overhead, params_digest,
+                         subset_curves, table1, time_runtime_per_sample)
 from .method import EarlyExit, exit_costs, record_exit_trace, uniform
 from .presets import EE_PRESETS, EarlyExitPreset
 from .select import select_adaptation
@@ -125,6 +125,8 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                          "computing every intermediate head vs the baseline network); met_runtime: the runtime forced "
                          "to the last exit (heads + softmax + threshold decisions) vs the baseline network run as a "
                          "single runtime stage (same input checks)",
+            "paired_heads_only": paired_overhead(lat, f"module_exit{P - 1}", "baseline"),
+            "paired_runtime": paired_overhead(lat, f"runtime_exit{P - 1}", "runtime_baseline"),
             "met_heads": bool(med[f"module_exit{P - 1}"] / med["baseline"] - 1 < 0.05),
             "met_runtime": bool(med[f"runtime_exit{P - 1}"] / med["runtime_baseline"] - 1 < 0.05),
         },

@@ -24,7 +24,7 @@ import torch
 
 from ...errors import ConfigError
 from ...evaluate.frontier import hull_cost_to_reach
-from ...evaluate.stats import expected_calibration_error, reliability_bins
+from ...evaluate.stats import bootstrap_ci, expected_calibration_error, reliability_bins
 from ...scores import Score
 from ...trace import Trace
 from ...train.trainer import model_device
@@ -60,8 +60,9 @@ def interleaved_latency(calls: dict[str, Callable[[], object]], *, rounds: int, 
             dedicated core, unaffected by other jobs taking the CPU away) or ``wall`` (wall clock).
 
     Returns:
-        name -> {median_ms, mean_ms, std_ms, p25_ms, p75_ms, robust_std_ms, rounds, clock, wall: {...}} where the
-        top-level figures use ``clock`` and ``wall`` holds the wall-clock figures of the same calls.
+        name -> {median_ms, mean_ms, std_ms, p25_ms, p75_ms, robust_std_ms, rounds, clock, times_ms, wall: {...}}
+        where the top-level figures use ``clock`` (``times_ms``: every round's time, in round order, for paired
+        comparisons) and ``wall`` holds the wall-clock figures of the same calls.
     """
     if clock not in CLOCKS:
         raise ConfigError(f"unknown clock {clock!r}; use one of {sorted(CLOCKS)}")
@@ -78,7 +79,23 @@ def interleaved_latency(calls: dict[str, Callable[[], object]], *, rounds: int, 
             times[k].append(tick() - t0)
             walls[k].append(time.perf_counter() - w0)
     return {k: {**_stats(np.asarray(times[k]) * 1e3), "rounds": rounds, "clock": clock,
-                "wall": _stats(np.asarray(walls[k]) * 1e3)} for k in calls}
+                "times_ms": (np.asarray(times[k]) * 1e3).tolist(), "wall": _stats(np.asarray(walls[k]) * 1e3)}
+            for k in calls}
+
+
+def paired_overhead(lat: dict, name: str, reference: str, *, level: float = 0.95, seed: int = 0) -> dict:
+    """How much slower ``name`` is than ``reference``, from rounds of :func:`interleaved_latency`.
+
+    Each round timed both calls back to back, so the per-round ratio cancels the machine's drift; the
+    figure is the median ratio minus one (percent) with a percentile-bootstrap interval.
+
+    Returns:
+        {"pct", "ci_low_pct", "ci_high_pct", "level", "rounds"}.
+    """
+    ratio = np.asarray(lat[name]["times_ms"]) / np.asarray(lat[reference]["times_ms"])
+    lo, hi = bootstrap_ci(ratio, stat=np.median, level=level, seed=seed)
+    return {"pct": float(100 * (np.median(ratio) - 1)), "ci_low_pct": 100 * (lo - 1), "ci_high_pct": 100 * (hi - 1),
+            "level": level, "rounds": int(ratio.size)}
 
 
 def mixture_latency(exits: np.ndarray, exit_ms: Sequence[float], exit_std_ms: Sequence[float]) -> tuple[float, float]:

@@ -73,7 +73,7 @@ def markdown(res: dict, command: str = "") -> str:
               f"{o['overhead_heads_only_pct']:+.2f}% (the paper's measurement); runtime at last exit (heads + exit decisions) "
               f"{o['runtime_last_exit_median_ms']:.3f} ms vs baseline as one runtime stage {o['runtime_baseline_median_ms']:.3f} ms: "
               f"{o['overhead_runtime_pct']:+.2f}% (means {o['overhead_runtime_means_pct']:+.2f}%); runtime vs plain baseline "
-              f"{o['overhead_runtime_vs_plain_baseline_pct']:+.2f}% | heads: {'yes' if o['met_heads'] else 'no'}; "
+              f"{o['overhead_runtime_vs_plain_baseline_pct']:+.2f}%{_paired(o)} | heads: {'yes' if o['met_heads'] else 'no'}; "
               f"with runtime decisions: {'yes' if o['met_runtime'] else 'no'} |"]
     for e in res["specialisation"]:
         tg = e["target"]
@@ -151,6 +151,16 @@ def markdown(res: dict, command: str = "") -> str:
             lines.append(f"| threshold {r['setting']} | " + " | ".join(f"{100 * v:.1f}%" for v in r["exit_share"]) + " |")
     lines += ["", "Plots: `figure4_<subset>_<setting>.png`, `exit_distribution.png`, `reliability.png`, `table1_tradeoff.png`.", ""]
     return "\n".join(lines)
+
+
+def _paired(o: dict) -> str:
+    """Per-round paired overheads with their bootstrap intervals, when the run recorded them."""
+    if "paired_heads_only" not in o:
+        return ""
+    h, r = o["paired_heads_only"], o["paired_runtime"]
+    return (f". Paired per round (median ratio, {100 * h['level']:.0f}% bootstrap interval, {h['rounds']} rounds): heads "
+            f"{h['pct']:+.2f}% [{h['ci_low_pct']:+.2f}, {h['ci_high_pct']:+.2f}]; runtime {r['pct']:+.2f}% "
+            f"[{r['ci_low_pct']:+.2f}, {r['ci_high_pct']:+.2f}]")
 
 
 def _label(e: dict) -> str:
