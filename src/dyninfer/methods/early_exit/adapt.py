@@ -246,12 +246,11 @@ class TestTimeSpecializer:
         """
         if int(prefetch) < 1:
             raise ConfigError(f"prefetch must be >= 1 (images whose features are computed together), got {prefetch}")
-        self._prefetch = int(prefetch)
         x = self.net.check_input(x, where="TestTimeSpecializer.adapt")
         self.net.eval()  # the backbone stays in inference mode: batch-norm statistics are frozen too
         hooks = [lin.register_forward_pre_hook(self._input_hook(k)) for k, lin in enumerate(self._linears)]
         try:
-            return self._adapt(x, progress)
+            return self._adapt(x, progress, int(prefetch))
         finally:
             for h in hooks:
                 h.remove()
@@ -264,11 +263,10 @@ class TestTimeSpecializer:
                 self.input_n_[k] += f.shape[0]
         return hook
 
-    def _adapt(self, x: torch.Tensor, progress: bool) -> "TestTimeSpecializer":
+    def _adapt(self, x: torch.Tensor, progress: bool, chunk: int) -> "TestTimeSpecializer":
         exits, preds, infer, upd, cpu, heads = [], [], [], [], [], []
         pending: list = []
         order = [i for _ in range(self.config.passes) for i in range(x.shape[0])]
-        chunk = self._prefetch
         dev = model_device(self.net)  # the stream may live elsewhere (e.g. on the CPU for a CUDA network)
         feats: list = []
         share = 0.0

@@ -16,7 +16,7 @@ from ...data.datasets import load_dataset
 from ...errors import ConfigError
 from ...io import versions
 from ...scores import make_score
-from ...train.trainer import model_device
+from ...train.trainer import predict_logits
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
 from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
                          cheapest_point, hull_latency_to_reach, measure_exit_latencies, paired_overhead, params_digest,
@@ -86,7 +86,7 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     tmeta = {"dataset": data.meta, "model": preset.model, "training": training}
     calib_tr = record_exit_trace(net, data.calib, costs, meta={**tmeta, "split": "calib"})
     test_tr = record_exit_trace(net, data.test, costs, meta={**tmeta, "split": "test"})
-    base_logits = _baseline_logits(net, data.test.x)
+    base_logits = predict_logits(net, data.test.x).numpy()  # the plain forward: every segment, the last head
     baseline_equals_last_exit = bool(np.array_equal(base_logits.argmax(1), test_tr.preds[P - 1]))
     fitted = EarlyExit(cfg.score, tolerance=0.01).fit(calib_tr)
     log(f"[fit] calibrated uniform threshold {fitted.calib_point_}")
@@ -181,11 +181,12 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                 "met_judged_on": "mean over the streams of the hull-interpolated latency reduction (>= 25%) and of the "
                                  "other-class accuracy change at the highest threshold (within 0.5 points)",
             })
-            entry = {"subset": sub, "selected": sc == chosen, "classes": classes, "class_names": [data.spec.class_names[c] for c in classes],
+            entry = {"subset": sub, "selected": sc == chosen, "classes": classes,
+                     "class_names": [data.spec.class_names[c] for c in classes],
                      "stream_images": first["stream_images"], "config": sc.to_dict(), "label": sc.label, "slug": sc.slug,
-                     "adapt_log": first["adapt_log"], "ece": first["ece"], "update_flops_worst_case": first["update_flops_worst_case"],
-                     "checks": first["checks"], "before": before, "after": first["after"], "target": target,
-                     "streams": [r["target"] for r in runs]}
+                     "adapt_log": first["adapt_log"], "ece": first["ece"],
+                     "update_flops_worst_case": first["update_flops_worst_case"], "checks": first["checks"],
+                     "before": before, "after": first["after"], "target": target, "streams": [r["target"] for r in runs]}
             log(f"[adapt] {sub} {sc.label}: reduction per stream {np.round(reds, 3).tolist()}, other classes "
                 f"{np.round(others, 2).tolist()} points, met {target['met']}")
             tts.append(entry)
@@ -275,9 +276,3 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
         },
     }
 
-
-@torch.inference_mode()
-def _baseline_logits(net, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    net.eval()
-    device = model_device(net)
-    return torch.cat([net(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]).numpy()

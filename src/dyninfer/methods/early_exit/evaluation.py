@@ -27,7 +27,7 @@ from ...evaluate.frontier import hull_cost_to_reach
 from ...evaluate.stats import bootstrap_ci, expected_calibration_error, reliability_bins
 from ...scores import Score
 from ...trace import Trace
-from ...train.trainer import model_device
+from ...train.trainer import model_device, predict_logits
 from ...runtime.executor import SequentialRuntime
 from ..cascade.simulate import exits_for, simulate, stage_scores
 from .method import EarlyExit, forced_exit, run_batched, time_runtime_per_sample, uniform
@@ -205,14 +205,10 @@ def table1(net: EarlyExitNetwork, policy: EarlyExit, test: Trace, x_test: torch.
     return {"rows": rows, "runtime_matches_trace": checks}
 
 
-@torch.inference_mode()
 def _batched_baseline(net: EarlyExitNetwork, x: torch.Tensor, batch_size: int) -> float:
     """Seconds for the baseline over ``x`` in batches, inputs moved to the network and logits back (as the runtime)."""
-    net.eval()
-    device = model_device(net)
     t0 = time.perf_counter()
-    for i in range(0, x.shape[0], batch_size):
-        net(x[i:i + batch_size].to(device)).cpu()
+    predict_logits(net, x, batch_size=batch_size)
     return time.perf_counter() - t0
 
 

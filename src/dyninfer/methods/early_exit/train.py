@@ -4,8 +4,9 @@
 supervision), the usual choice when training from scratch. ``two-stage``: the zoo's own trainer
 (:func:`dyninfer.train.train`) trains the backbone with its final head — exactly how any other zoo
 model is trained, and cached the same way — and then only the early heads are trained on the
-frozen backbone, as the paper does with its pretrained RevCol (section 4.1). The loop mirrors the
-zoo trainer (AdamW, one-cycle schedule, the same augmentation and :class:`~dyninfer.train.Recipe`).
+frozen backbone, as the paper does with its pretrained RevCol (section 4.1). Both run the zoo
+trainer's loop (AdamW, one-cycle schedule, the same augmentation and :class:`~dyninfer.train.Recipe`)
+with the exits' loss.
 """
 
 from __future__ import annotations
