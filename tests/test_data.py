@@ -1,7 +1,6 @@
 import gzip
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest

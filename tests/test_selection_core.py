@@ -73,6 +73,11 @@ def test_rgb_images_and_weights():
     a = ComplexityAnalyser(ComplexityConfig(edge_weight=1.0, texture_weight=0.0)).fit(x)
     comps = a.components(x)
     assert torch.allclose(comps[:, 2], comps[:, 0])
+    luma = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # BT.601 grey
+    edge, texture = a.raw(x)
+    torch.testing.assert_close(edge, a.raw(luma)[0])  # edges: Sobel on the luma image
+    assert not torch.allclose(edge, a.raw(x.mean(1, keepdim=True))[0])  # not on a plain channel mean
+    torch.testing.assert_close(texture, x.var((2, 3), unbiased=False).mean(1))  # texture: mean per-channel variance
 
 
 def test_analyser_errors():

@@ -20,8 +20,13 @@ def test_experiment_on_digits_writes_report(tmp_path, monkeypatch):
                                     overhead_repeats=3, heuristic_grid=5, score_bins=4, manager_stream=0,
                                     tv_pool=("tv-mobilenet_v3_large", "tv-mobilenet_v2", "tv-efficientnet_b0"),
                                     tv_stream=192, tv_batches=(32, 64), threads=1, progress=False)
-    res = run_experiment(cfg, log=lambda s: None)
-    assert torch.get_num_threads() >= 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the run uses cfg.threads (1) and must give the caller's setting back
+    try:
+        res = run_experiment(cfg, log=lambda s: None)
+        assert torch.get_num_threads() == 2 and res["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
     names = res["paths"]
     assert set(res["curves"]) >= {"policy", "policy without complexity", "policy on complexity only"}
     for row in res["table1"]["rows"]:

@@ -6,6 +6,7 @@ import dataclasses
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,9 @@ def test_torchvision_pool_structure_size_and_cost(tmp_path):
     with torch.no_grad(), mgr.use("tv-mobilenet_v3_large") as m:
         assert m(x).shape == (2, spec.num_classes)
     assert mgr.resident() == ["tv-mobilenet_v3_large"] and mgr.stats().evictions == 1
-    # files are reused, not rebuilt
+    # files are reused, not rebuilt: the checkpoint is not written again
+    ckpt = Path(pool["tv-mobilenet_v2"].source.removeprefix("checkpoint:"))
+    stamp = ckpt.stat().st_mtime_ns
     again = BackbonePool.from_registry(["tv-mobilenet_v2"], spec, tmp_path, weights=None)
     assert again["tv-mobilenet_v2"].source == pool["tv-mobilenet_v2"].source
+    assert ckpt.stat().st_mtime_ns == stamp

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from .data.datasets import Dataset, load_dataset

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 

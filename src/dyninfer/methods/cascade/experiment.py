@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from ...errors import ConfigError
@@ -25,7 +24,7 @@ from ...runtime.executor import SequentialRuntime, model_stage
 from ...scores import make_score
 from ...trace import Trace, measure_costs
 from .method import Cascade
-from .simulate import BatchTimeModel, oracle, stage_scores, sweep
+from .simulate import BatchTimeModel, oracle, sweep
 
 ROUTERS = {  # label -> Cascade settings
     "energy": {"score": "energy"},

@@ -12,7 +12,7 @@ from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.outcome import Outcome
 from ...runtime.executor import SequentialRuntime, model_stage
-from ...scores import Score, make_score
+from ...scores import make_score
 from ...trace import Trace
 from .simulate import paired_loss_bound, simulate, stage_scores, sweep
 

@@ -11,7 +11,7 @@ from ...io import atomic_dir, write_json
 from ...report.plots import pyplot, save
 from ...report.tables import markdown_table
 from .experiment import predicted_time_per_image
-from .simulate import oracle, stage_scores, sweep
+from .simulate import oracle, sweep
 
 COLORS = {"energy": "C0", "energy+T": "C9", "max_softmax": "C1", "margin": "C2", "entropy": "C3", "random": "C7",
           "oracle": "k"}
@@ -104,7 +104,7 @@ def _markdown(res: dict) -> str:
     lines.append(markdown_table(["router", "score", "test acc %", "meets target", "MFLOPs/img", "fewer FLOPs",
                                  "test-optimal MFLOPs", "AUROC", "oracle saving captured"], rows))
     w = res["router_winner"]
-    lines += ["", f"**Winner:** at the calibrated thresholds, "
+    lines += ["", "**Winner:** at the calibrated thresholds, "
               + (f"**{w['at_calibrated_threshold']}** is the cheapest router that keeps the teacher's accuracy on test"
                  if w["at_calibrated_threshold"] else "no router keeps the teacher's accuracy on test")
               + f"; threshold-free (test-optimal), **{w['threshold_free']}** ranks samples best."

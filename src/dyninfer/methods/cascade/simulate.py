@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ...errors import ConfigError
 from ...evaluate.frontier import Curve

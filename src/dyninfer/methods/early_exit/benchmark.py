@@ -99,7 +99,7 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                 progress=log)
 
     rows = {(r["kind"], str(r["setting"])): r for r in t1["rows"]}
-    last, at09, base = rows[("fixed exit", str(P - 1))], rows[("threshold", "0.9")], rows[("baseline", "no heads")]
+    last, at09 = rows[("fixed exit", str(P - 1))], rows[("threshold", "0.9")]
     med = {k: v["median_ms"] for k, v in lat.items()}
     gap = 100 * (last["accuracy"] - at09["accuracy"])
     targets = {

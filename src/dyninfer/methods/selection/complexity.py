@@ -55,9 +55,8 @@ class ComplexityAnalyser:
         """Un-normalised edge intensity and texture variance.
 
         The Sobel responses are computed separably with slices (a [-1, 0, 1] difference along one
-        axis, a [1, 2, 1] smoothing along the other) over the valid interior (H-2, W-2), which is
-        several times faster on CPU than a 1-channel ``conv2d``; the constant scale this changes is
-        absorbed by the fitted normalisation.
+        axis, a [1, 2, 1] smoothing along the other) over the valid interior (H-2, W-2) instead of a
+        1-channel ``conv2d``; the constant scale this changes is absorbed by the fitted normalisation.
 
         Args:
             x: images (N, C, H, W) in [0, 1] with H, W >= 3; C is 1 (grey) or 3 (RGB).

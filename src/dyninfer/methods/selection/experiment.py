@@ -30,8 +30,9 @@ from ...io import cache_dir, versions
 from ...runtime.cost import EnergyMeter, PathCost, co2_grams, time_calls
 from ...trace import Trace, measure_costs
 from ...train.checkpoint import cache_key
+from ...train.trainer import predict_logits
 from .manager import BackboneManager
-from .policy import PolicyConfig
+from .policy import PolicyConfig, torch_threads
 from .pool import BackbonePool
 from .manager_bench import measure_manager, torchvision_manager
 from .runtime import SelectionRuntime
@@ -64,7 +65,7 @@ class SelectionExperimentConfig:
     heuristic_grid: int = 21                # score quantiles per cut of the complexity-only heuristic
     score_bins: int = 10                    # complexity-score bins of the routing-share figure
     manager_stream: int = 10000             # test images streamed through the manager (0: the whole test set)
-    tv_pool: tuple[str, ...] = TV_POOL      # torchvision pool for the half-budget manager figure ("" to skip)
+    tv_pool: tuple[str, ...] = TV_POOL      # torchvision pool for the half-budget manager figure (() to skip)
     tv_image_size: int = 32                 # images are padded to this side for the torchvision pool
     tv_stream: int = 8192                   # images streamed through the torchvision pool (first batch: cold start)
     tv_batches: tuple[int, ...] = (1024, 2048)  # batches of the torchvision-pool stream (largest: headline figure)
@@ -147,7 +148,7 @@ def point(outcome, times: np.ndarray, overhead_s: float, static_t: np.ndarray, s
     acc = outcome.accuracy
     hull = float(hull_accuracy_at(static_t, static_a, t))
     d = {"accuracy": acc, "time_per_image_s": t, "hull_accuracy": hull, "margin": acc - hull,
-         "share": np.bincount(outcome.path, minlength=len(times)).astype(float) / len(outcome.path)}
+         "share": outcome.path_share(len(times))}
     if oracle_xy is not None:
         orc = float(np.interp(t, *oracle_xy))
         d["oracle_accuracy"] = orc
@@ -156,22 +157,12 @@ def point(outcome, times: np.ndarray, overhead_s: float, static_t: np.ndarray, s
     return d
 
 
-def _run_static(model, x: torch.Tensor, batch: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
-
-
 # ----------------------------------------------------------------------------------------- experiment
 
 def run_experiment(cfg: SelectionExperimentConfig, log: Callable[[str], None] = print) -> dict:
     """Run every measurement of the report; returns a JSON-serialisable dict of results."""
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, log)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
@@ -306,9 +297,8 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     res["heuristic"] = {"chosen": hbest, "test_points": [(r["test"]["time_per_image_s"], r["test"]["accuracy"])
                                                          for r in heur_rows],
                         "max_test_margin": max(r["test"]["margin"] for r in heur_rows)}
-    # reversed heuristic (simple images to heavy models) shows which direction the score carries
     # ---- ablation: random policy with the chosen policy's shares
-    share = np.bincount(out_best.path, minlength=P) / test.n
+    share = out_best.path_share(P)
     rng = np.random.default_rng(cfg.seed)
     rand_choice = rng.choice(P, size=test.n, p=share)
     oc_r = best_sel.simulate(test, xt, choice=rand_choice)
@@ -343,9 +333,9 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
     table_lams = sorted(set(cfg.table_lambdas) | {best_lam})
     table_lams = [lam for lam in table_lams if lam in fitted["policy"]]
     runners: dict[str, Callable[[], tuple[np.ndarray, float]]] = {}
-    for i, n in enumerate(names):
+    for n in names:
         m = prep.models[n].to(dev).eval()
-        runners[n] = (lambda m=m: (_run_static(m, xt.to(dev), cfg.serving_batch).cpu().numpy(), None))
+        runners[n] = (lambda m=m: (predict_logits(m, xt, cfg.serving_batch).argmax(1).numpy(), None))
     for lam in table_lams:
         rt = SelectionRuntime(fitted["policy"][lam], full_mgr, seed=cfg.seed)
         def run_adaptive(rt=rt):
@@ -408,7 +398,7 @@ def _run(cfg: SelectionExperimentConfig, log: Callable[[str], None]) -> dict:
         budgets["half the pool"] = half
     # the lambda whose calibration routing spreads most evenly over the pool: the most switching
     def entropy(sel: BackboneSelector) -> float:
-        sh = np.bincount(sel.simulate(calib, xc).path, minlength=P) / calib.n
+        sh = sel.simulate(calib, xc).path_share(P)
         return float(-(sh[sh > 0] * np.log(sh[sh > 0])).sum())
     mixed_lam = max(fitted["policy"], key=lambda lam: entropy(fitted["policy"][lam]))
     streams = {f"chosen lambda {best_lam:g}": best_sel, f"most mixed lambda {mixed_lam:g}": fitted["policy"][mixed_lam]}

@@ -33,9 +33,6 @@ class PooledPixels(nn.Module):
             raise ConfigError(f"feature grid must be >= 1, got {grid}")
         self.grid = grid
 
-    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
-        return input_shape[0] * self.grid * self.grid
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % self.grid == 0 and w % self.grid == 0:  # plain pooling is cheaper than adaptive on CPU
@@ -63,11 +60,6 @@ class EarlyBlock(nn.Module):
         self.block.eval()
         return self
 
-    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
-        p = next(self.block.parameters())
-        with torch.no_grad():
-            return int(self.forward(torch.zeros(1, *input_shape, device=p.device)).shape[1])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.block(x), self.grid).flatten(1)  # (N, C'*g*g)
 
@@ -93,7 +85,7 @@ def make_features(kind: str, grid: int, model: nn.Module | None = None) -> nn.Mo
         model: the smallest backbone, needed for ``early-block``.
 
     Returns:
-        an ``nn.Module`` mapping (N, C, H, W) to (N, D) with an ``out_dim(input_shape)`` method.
+        an ``nn.Module`` mapping (N, C, H, W) to (N, D).
     """
     if kind == "pixels":
         return PooledPixels(grid)

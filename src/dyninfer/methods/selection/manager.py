@@ -234,10 +234,3 @@ class BackboneManager:
         with self._cond:
             return name in self._cache
 
-    def clear(self) -> None:
-        """Drop every unpinned backbone."""
-        with self._cond:
-            for n in [n for n in self._cache if self._pins.get(n, 0) == 0]:
-                del self._cache[n]
-                del self._bytes[n]
-            self._cond.notify_all()

@@ -39,7 +39,7 @@ def measure_manager(selector: BackboneSelector, pool: BackbonePool, budget: int,
     r = rt.run(stream, batch)
     st = mgr.stats()
     out = {"budget_bytes": budget, "budget_share_of_pool": budget / pool.total_bytes,
-           "switching_overhead": r.load_seconds / r.seconds, "total_seconds": r.seconds,
+           "switching_overhead": r.switching_share, "total_seconds": r.seconds,
            "load_seconds": r.load_seconds, "inference_seconds": float(r.backbone_seconds.sum()),
            "decide_seconds": r.decide_seconds, "batches": -(-stream.shape[0] // batch), "images": stream.shape[0],
            "within_budget": st.peak_bytes <= budget and st.peak_measured_bytes <= budget,
@@ -67,7 +67,7 @@ def torchvision_manager(cfg: "SelectionExperimentConfig", prep: "Prepared", anal
         pool = BackbonePool.from_registry(list(cfg.tv_pool), spec, folder, weights=None, progress=log)
         half = pool.total_bytes // 2
         if half < pool.largest_bytes:
-            log(f"[manager] torchvision pool: half its bytes cannot hold its largest backbone; skipped")
+            log("[manager] torchvision pool: half its bytes cannot hold its largest backbone; skipped")
             return {"pool": pool.names,
                     "error": f"half the pool ({half} B) < largest backbone ({pool.largest_bytes} B)"}
         n = len(pool)

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import CheckpointError, ConfigError, TraceError
+from ...errors import ConfigError, TraceError
 from ...evaluate.outcome import Outcome
 from ...io import atomic_path
 from ...runtime.validate import check_batch
 from ...trace import Trace
+from ...train.checkpoint import read_checkpoint
 from .complexity import ComplexityAnalyser, ComplexityConfig
 from .features import make_features
 from .policy import MODES, PolicyConfig, PolicyNet, TrainHistory, choose, rewards, train_reinforce
@@ -192,11 +193,6 @@ class BackboneSelector:
         flops = np.array([c.flops for c in tr.costs], float)
         return Outcome(tr.preds[choice, np.arange(tr.n)], choice, flops[choice], tr.labels)
 
-    def mean_time(self, outcome: Outcome, overhead_s: float = 0.0) -> float:
-        """Mean seconds per image of an outcome: the chosen backbones' times per image plus ``overhead_s``."""
-        self._check_fitted()
-        return float(self.times_[outcome.path].mean() + overhead_s)
-
     # ------------------------------------------------------------------ storage
     def save(self, path: str | os.PathLike) -> Path:
         """Write settings, fitted normalisation and weights to one file, atomically."""
@@ -222,12 +218,7 @@ class BackboneSelector:
         Raises:
             CheckpointError: missing, unreadable or not a selector file.
         """
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read selector {path}: {type(e).__name__}: {e}") from e
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a {FORMAT} file")
+        payload = read_checkpoint(path, fmt=FORMAT, what="selector")
         sel = cls(payload["paths"], SelectorConfig(**payload["config"]))
         sel.analyser_ = ComplexityAnalyser.from_state_dict(payload["analyser"])
         sel.features_ = make_features(sel.config.features, sel.config.grid, feature_model).eval()
