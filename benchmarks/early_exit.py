@@ -36,7 +36,8 @@ def build_args(args: list[str]) -> list[str]:
     if not _has(args, "--stream-seeds"):
         extra += ["--stream-seeds", "3"]
     if not _has(args, "--out"):
-        preset = args[args.index("--preset") + 1] if "--preset" in args else "full"
+        preset = next((a.split("=", 1)[1] for a in args if a.startswith("--preset=")), None) or \
+            (args[args.index("--preset") + 1] if "--preset" in args else "full")
         extra += ["--out", f"reports/early-exit-{preset}"]
     return ["early-exit", *extra, *args]
 

