@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ...cli import COMMANDS, Command, add_common
+from ...runtime.cost import DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -21,9 +22,11 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="family-wise one-sided confidence that the chosen cascade keeps the tolerance on "
                         "calibration (default 0.95, Bonferroni over the candidates compared)")
     p.add_argument("--serving-batch", type=int, default=256, help="batch size for throughput (default 256)")
-    p.add_argument("--grid-intensity", type=float, default=400.0, help="gCO2 per kWh (default 400)")
-    p.add_argument("--cpu-watts-per-thread", type=float, default=8.0,
-                   help="power model used where no energy counter exists (default 8 W per busy thread)")
+    p.add_argument("--grid-intensity", type=float, default=DEFAULT_GRID_G_PER_KWH,
+                   help=f"gCO2 per kWh (default {DEFAULT_GRID_G_PER_KWH:g})")
+    p.add_argument("--cpu-watts-per-thread", type=float, default=DEFAULT_CPU_WATTS_PER_THREAD,
+                   help=f"power model used where no energy counter exists (default {DEFAULT_CPU_WATTS_PER_THREAD:g} W "
+                        f"per busy thread)")
 
 
 def _run(args: argparse.Namespace) -> int:

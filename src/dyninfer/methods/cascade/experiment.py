@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...evaluate.stats import mcnemar
 from ...harness import prepare
 from ...io import versions
-from ...runtime.cost import EnergyMeter, co2_grams
+from ...runtime.cost import DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, EnergyMeter, co2_grams
 from ...runtime.executor import SequentialRuntime, model_stage
 from ...scores import make_score
 from ...trace import Trace, measure_costs
@@ -51,8 +51,8 @@ class CascadeExperimentConfig:
     serving_batch: int = 256         # batch size of throughput measurements
     timing_samples: int = 5120       # test samples timed per round at the serving batch
     batch1_samples: int = 200        # test samples timed one at a time (batch-1 latency)
-    grid_g_per_kwh: float = 400.0    # grid carbon intensity for CO2
-    cpu_watts_per_thread: float = 8.0  # power model where no energy counter exists
+    grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH  # grid carbon intensity for CO2
+    cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD  # power model where no energy counter exists
     device: str = "cpu"              # torch device
     progress: bool = True            # progress bars
 
