@@ -287,7 +287,7 @@ def test_fit_early_exit_caches_and_two_stage_keeps_backbone(digits, tmp_path):
 
 
 def test_paired_overhead_cancels_drift_shared_by_both_calls():
-    from dyninfer.methods.early_exit.evaluation import interleaved_latency, paired_overhead
+    from dyninfer.runtime.cost import interleaved_latency, paired_overhead
 
     rng = np.random.default_rng(0)
     drift = np.linspace(1.0, 3.0, 400) * rng.uniform(0.8, 1.2, 400)  # the machine slows down threefold

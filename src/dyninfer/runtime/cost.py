@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ConfigError
+
 DEFAULT_GRID_G_PER_KWH = 400.0  # gCO2 per kWh, as in the backbone-selection paper
 DEFAULT_CPU_WATTS_PER_THREAD = 8.0  # stated power model for CPUs without an energy counter
 
@@ -81,6 +83,68 @@ class LatencyStats:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- interleaved timing
+
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def _stats(a: np.ndarray) -> dict:
+    q25, q50, q75 = np.percentile(a, [25, 50, 75])
+    return {"median_ms": float(q50), "mean_ms": float(a.mean()), "std_ms": float(a.std()), "p25_ms": float(q25),
+            "p75_ms": float(q75), "robust_std_ms": float((q75 - q25) / 1.349)}
+
+
+def interleaved_latency(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 5,
+                        clock: str = "cpu") -> dict[str, dict]:
+    """Time each call once per round, rounds interleaved so drifting machine load hits all alike.
+
+    Args:
+        calls: name -> zero-argument callable.
+        rounds: timed calls per name.
+        clock: ``cpu`` (CPU time of the calling thread: with one torch thread this is the latency on a
+            dedicated core, unaffected by other jobs taking the CPU away) or ``wall`` (wall clock).
+
+    Returns:
+        name -> {median_ms, mean_ms, std_ms, p25_ms, p75_ms, robust_std_ms, rounds, clock, times_ms, wall: {...}}
+        where the top-level figures use ``clock`` (``times_ms``: every round's time, in round order, for paired
+        comparisons) and ``wall`` holds the wall-clock figures of the same calls.
+    """
+    if clock not in CLOCKS:
+        raise ConfigError(f"unknown clock {clock!r}; use one of {sorted(CLOCKS)}")
+    tick = CLOCKS[clock]
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    walls: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            w0, t0 = time.perf_counter(), tick()
+            fn()
+            times[k].append(tick() - t0)
+            walls[k].append(time.perf_counter() - w0)
+    return {k: {**_stats(np.asarray(times[k]) * 1e3), "rounds": rounds, "clock": clock,
+                "times_ms": (np.asarray(times[k]) * 1e3).tolist(), "wall": _stats(np.asarray(walls[k]) * 1e3)}
+            for k in calls}
+
+
+def paired_overhead(lat: dict, name: str, reference: str, *, level: float = 0.95, seed: int = 0) -> dict:
+    """How much slower ``name`` is than ``reference``, from rounds of :func:`interleaved_latency`.
+
+    Each round timed both calls back to back, so the per-round ratio cancels the machine's drift; the
+    figure is the median ratio minus one (percent) with a percentile-bootstrap interval.
+
+    Returns:
+        {"pct", "ci_low_pct", "ci_high_pct", "level", "rounds"}.
+    """
+    from ..evaluate.stats import bootstrap_ci
+
+    ratio = np.asarray(lat[name]["times_ms"]) / np.asarray(lat[reference]["times_ms"])
+    lo, hi = bootstrap_ci(ratio, stat=np.median, level=level, seed=seed)
+    return {"pct": float(100 * (np.median(ratio) - 1)), "ci_low_pct": 100 * (lo - 1), "ci_high_pct": 100 * (hi - 1),
+            "level": level, "rounds": int(ratio.size)}
 
 
 def time_calls(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3, batch: int = 1,

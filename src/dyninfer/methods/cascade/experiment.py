@@ -19,7 +19,8 @@ from ...errors import ConfigError
 from ...evaluate.stats import mcnemar
 from ...harness import prepare
 from ...io import versions
-from ...runtime.cost import DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, EnergyMeter, co2_grams
+from ...runtime.cost import (DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, EnergyMeter, co2_grams,
+                             interleaved_latency)
 from ...runtime.executor import SequentialRuntime, model_stage
 from ...scores import make_score
 from ...trace import Trace, measure_costs
@@ -87,14 +88,9 @@ def _auroc(score: np.ndarray, correct: np.ndarray) -> float:
 
 
 def _time_interleaved(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Run each runner once per round, alternating, so a noisy machine hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
+    """Wall seconds of each runner per round, rounds interleaved (:func:`~dyninfer.runtime.cost.interleaved_latency`)."""
+    lat = interleaved_latency(runners, rounds=rounds, warmup=0, clock="wall")
+    return {k: [t / 1e3 for t in v["times_ms"]] for k, v in lat.items()}
 
 
 def run_experiment(cfg: CascadeExperimentConfig, log: Callable[[str], None] = print) -> dict:

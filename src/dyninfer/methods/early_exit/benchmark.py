@@ -18,8 +18,9 @@ from ...io import versions
 from ...scores import make_score
 from ...train.trainer import predict_logits
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
-from .evaluation import (CLOCKS, CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
-                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, paired_overhead, params_digest,
+from ...runtime.cost import CLOCKS, paired_overhead
+from .evaluation import (CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
+                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest,
                          subset_curves, table1, time_runtime_per_sample)
 from .method import EarlyExit, exit_costs, record_exit_trace, uniform
 from .presets import EE_PRESETS, EarlyExitPreset
