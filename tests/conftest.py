@@ -29,11 +29,20 @@ def digits():
 
 @pytest.fixture(scope="session")
 def digits_prepared():
-    """The `tiny` preset on digits: cnn-s and cnn-m trained, traced on calib and test (about 20 s)."""
+    """The `tiny` preset's pool on digits: cnn-s and cnn-m trained, traced on calib and test (about 10 s)."""
     from dyninfer.harness import prepare
 
     torch.manual_seed(0)
-    return prepare("digits", "tiny", progress=False, log=lambda s: None)
+    return prepare("digits", "tiny", kind="pool", progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def digits_staged():
+    """The `tiny` preset's early-exit network on digits (revcol-tiny), traced on calib and test (about 20 s)."""
+    from dyninfer.harness import prepare
+
+    torch.manual_seed(0)
+    return prepare("digits", "tiny", kind="staged", progress=False, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")

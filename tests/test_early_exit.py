@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from dyninfer.data.datasets import DataSpec, Split
-from dyninfer.errors import CheckpointError, ConfigError, InputError
+from dyninfer.errors import CheckpointError, ConfigError, InputError, TraceError
 from dyninfer.evaluate.stats import expected_calibration_error, reliability_bins
-from dyninfer.methods.early_exit import RevColConfig, RevColNet, train_exits
-from dyninfer.methods.early_exit.revcol import saved_activation_bytes
+from dyninfer.methods.early_exit import EarlyExit, forced_exit, uniform
 from dyninfer.methods.early_exit.evaluation import params_digest
-from dyninfer.methods.early_exit.method import (EarlyExit, exit_costs, exit_flops, forced_exit, record_exit_trace,
-                                                uniform)
-from dyninfer.methods.early_exit.wrap import attach_exits, load_exit_heads, save_exit_heads
 from dyninfer.models import create_model
+from dyninfer.models.attach import attach_exits, load_exit_heads, save_exit_heads
+from dyninfer.models.revcol import RevColConfig, RevColNet, saved_activation_bytes
+from dyninfer.paths import StagedNetwork, measure_costs
+from dyninfer.train.exits import train_exits
 from dyninfer.runtime.cost import count_flops
 from dyninfer.scores import make_score
 from dyninfer.train import Recipe, train
@@ -100,63 +100,82 @@ def test_revcol_sizes_for_28_and_32_pixels():
 # ------------------------------------------------------------------------------------ exiting
 
 
+def _traces(net, digits):
+    paths = StagedNetwork(net)
+    costs = measure_costs(paths, digits.calib.x[:64], batches=(1, 64), rounds=1, repeats=2, warmup=1, min_time_s=0.0,
+                          log=None)
+    return paths, paths.record(digits.calib, costs=costs), paths.record(digits.test, costs=costs)
+
+
 @pytest.mark.parametrize("score", ["max_softmax", "energy", "entropy"])
 def test_trace_simulation_equals_runtime(revcol, digits, score):
-    costs = exit_costs(revcol, digits.calib.x[:64], batches=(1, 64), repeats=2, warmup=1, min_time_s=0.0)
-    trace = record_exit_trace(revcol, digits.test, costs)
-    policy = EarlyExit(score)
+    paths, calib, trace = _traces(revcol, digits)
+    policy = EarlyExit(score=score).fit(calib)
+    rt = policy.runtime(paths)
     s = make_score(score)(torch.from_numpy(trace.logits[0]))
     for t in np.quantile(s.numpy(), [0.1, 0.5, 0.9]):
         th = uniform(float(t), revcol.n_exits)
         sim = policy.simulate(trace, th)
-        res = policy.runtime(revcol, th, stage_flops=[c.flops for c in costs]).run(digits.test.x, batch_size=64)
+        rt.knob = th
+        res = rt.run(digits.test.x, batch_size=64)
         np.testing.assert_array_equal(res.pred.numpy(), sim.pred)
-        np.testing.assert_array_equal(res.exit.numpy(), sim.path)
+        np.testing.assert_array_equal(res.path.numpy(), sim.path)
         np.testing.assert_array_equal(res.flops, sim.flops)
     assert len(set(sim.path.tolist())) > 1  # the check covered samples leaving at different exits
 
 
 def test_incremental_costs_add_up_to_the_full_exit(revcol):
-    inc = exit_flops(revcol)
+    costs = StagedNetwork(revcol).count()
+    inc = [c.flops for c in costs]
     assert all(f > 0 for f in inc)
     shape = revcol.input_shape
     assert sum(inc) == count_flops(revcol.exit_module(revcol.n_exits - 1, all_heads=True), shape)
-    assert count_flops(revcol, shape) < sum(inc)  # the baseline skips the intermediate heads
+    # the baseline skips the intermediate heads: every segment plus the last head
+    assert count_flops(revcol, shape) == sum(c.skip_flops for c in costs[:-1]) + costs[-1].flops < sum(inc)
     assert not revcol.training  # counting must not switch the network to training mode
 
 
-def test_threshold_knob_and_forced_exits(revcol, digits):
-    policy = EarlyExit("max_softmax")
-    rt = policy.runtime(revcol, uniform(0.99, revcol.n_exits))
+def test_threshold_knob_forced_exits_and_force(revcol, digits):
+    paths, calib, _ = _traces(revcol, digits)
+    policy = EarlyExit().fit(calib)
+    rt = policy.runtime(paths)
     x = digits.test.x[:128]
-    high = rt(x).exit.float().mean()
-    rt.thresholds = uniform(0.5, revcol.n_exits)  # e.g. battery low: accept less confident answers
-    low = rt(x).exit.float().mean()
+    rt.knob = 0.99
+    high = rt(x).path.float().mean()
+    rt.knob = uniform(0.5, revcol.n_exits)  # e.g. battery low: accept less confident answers
+    low = rt(x).path.float().mean()
     assert low < high
     for p in range(revcol.n_exits):
-        rt.thresholds = forced_exit(p, revcol.n_exits)
-        assert (rt(x).exit == p).all()
+        rt.knob = forced_exit(p, revcol.n_exits)
+        r = rt(x)
+        assert (r.path == p).all() and r.path_counts[:p + 1].tolist() == [len(x)] * (p + 1)
+    rt.force(revcol.n_exits - 1)  # the last exit without running the earlier heads: the plain network
+    r = rt(x)
+    with torch.no_grad():
+        assert torch.equal(r.pred, revcol(x).argmax(1))
+    assert np.allclose(r.flops, count_flops(revcol, revcol.input_shape))
     with pytest.raises(ConfigError):
-        rt.thresholds = [0.5]
-    with pytest.raises(ConfigError):
-        EarlyExit().simulate(record_exit_trace(revcol, digits.calib, exit_costs(
-            revcol, x, batches=(1,), repeats=1, warmup=0, min_time_s=0.0)), [0.5])
+        rt.knob = [0.5]
+    with pytest.raises(TraceError, match="not this policy's exits"):
+        EarlyExit().fit(calib.select(calib.paths[:2])).simulate(calib)
 
 
 def test_fit_picks_threshold_within_tolerance(revcol, digits):
-    costs = exit_costs(revcol, digits.calib.x[:32], batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
-    calib = record_exit_trace(revcol, digits.calib, costs)
-    pol = EarlyExit("max_softmax", tolerance=0.02).fit(calib)
+    _, calib, _ = _traces(revcol, digits)
+    pol = EarlyExit(tolerance=0.02, confidence=0.5).fit(calib)
     o = pol.simulate(calib)
     assert o.accuracy >= calib.accuracy(revcol.n_exits - 1) - 0.02 - 1e-12
-    assert o.mean_flops <= sum(c.flops for c in costs)
+    assert o.mean_flops <= sum(c.flops for c in calib.costs)
+    strict = EarlyExit(tolerance=0.02, confidence=0.99).fit(calib)
+    assert strict.simulate(calib).mean_flops >= o.mean_flops  # more confidence never buys a cheaper point
 
 
 @pytest.mark.parametrize("bad", [
     torch.full((2, 1, 8, 8), float("nan")), torch.rand(0, 1, 8, 8), torch.rand(2, 1, 9, 9),
     torch.randint(0, 255, (2, 1, 8, 8)), torch.rand(1, 8, 8)])
-def test_runtime_refuses_bad_input(revcol, bad):
-    rt = EarlyExit().runtime(revcol, uniform(0.9, revcol.n_exits))
+def test_runtime_refuses_bad_input(revcol, digits, bad):
+    paths, calib, _ = _traces(revcol, digits)
+    rt = EarlyExit().fit(calib).runtime(paths)
     with pytest.raises(InputError):
         rt(bad)
 
@@ -213,10 +232,12 @@ def test_exits_on_small_cnn_train_heads_only(small_cnn, digits, tmp_path):
     other = attach_exits(small_cnn, ["stages.0", "stages.1"], head="pool-mlp")
     load_exit_heads(other, path)
     assert [params_digest(h) for h in other.heads] == [params_digest(h) for h in net.heads]
-    costs = exit_costs(net, x, batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
-    trace = record_exit_trace(net, digits.test, costs)
-    sim = EarlyExit().simulate(trace, uniform(0.8, 3))
-    res = EarlyExit().runtime(net, uniform(0.8, 3)).run(digits.test.x, batch_size=50)
+    paths = StagedNetwork(net)
+    policy = EarlyExit().fit(paths.record(digits.calib))
+    sim = policy.simulate(paths.record(digits.test), uniform(0.8, 3))
+    rt = policy.runtime(paths)
+    rt.knob = 0.8
+    res = rt.run(digits.test.x, batch_size=50)
     np.testing.assert_array_equal(res.pred.numpy(), sim.pred)
 
 
@@ -262,8 +283,8 @@ def test_exits_on_torchvision_resnet():
 
 
 def test_fit_early_exit_caches_and_two_stage_keeps_backbone(digits, tmp_path):
-    from dyninfer.methods.early_exit import fit_early_exit
     from dyninfer.train import load_checkpoint
+    from dyninfer.train.exits import fit_early_exit
 
     recipe = Recipe(epochs=1, batch_size=128, hflip=False, shift=1)
     logs: list[str] = []

@@ -8,10 +8,12 @@ import torch
 
 from dyninfer.data import load_dataset
 from dyninfer.errors import ConfigError, InputError
-from dyninfer.methods.early_exit import train_exits
 from dyninfer.methods.early_exit.adapt import SpecializeConfig, TestTimeSpecializer
 from dyninfer.methods.early_exit.evaluation import cheapest_point, params_digest, subset_curves
-from dyninfer.methods.early_exit.method import EarlyExit, exit_costs, record_exit_trace, uniform
+from dyninfer.methods.early_exit.method import EarlyExit
+from dyninfer.methods.early_exit.select import SelectConfig, record_exit_trace
+from dyninfer.paths import StagedNetwork
+from dyninfer.train.exits import train_exits
 from dyninfer.methods.early_exit.streams import class_mask, subset_classes, subset_stream
 from dyninfer.models import create_model
 from dyninfer.scores import make_score
@@ -65,15 +67,18 @@ def test_answers_during_adaptation_match_the_runtime(net, digits):
     x = digits.test.x[:40]
     # with updates this small the heads barely move; the first answer is made before any update
     spec.adapt(x[:1], progress=False)
-    res = EarlyExit().runtime(net, uniform(0.9, net.n_exits))(x[:1])
+    paths = StagedNetwork(net)
+    rt = EarlyExit().fit(paths.record(digits.calib)).runtime(paths)
+    rt.knob = 0.9
+    res = rt(x[:1])
     spec.restore(snap)
-    assert spec.log_.exit[0] == int(res.exit[0]) and spec.log_.pred[0] == int(res.pred[0])
+    assert spec.log_.exit[0] == int(res.path[0]) and spec.log_.pred[0] == int(res.pred[0])
 
 
 def test_specialisation_makes_subset_exit_earlier(net, digits):
     P = net.n_exits
     classes = subset_classes(digits.spec, "round")
-    costs = exit_costs(net, digits.calib.x[:16], batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
+    costs = StagedNetwork(net).count()
     before = record_exit_trace(net, digits.test, costs)
     mask = class_mask(before.labels, classes)
     exit_ms = [1.0 * (p + 1) for p in range(P)]  # cost proportional to depth
@@ -217,12 +222,11 @@ def test_cross_validated_selection_judges_held_out_images_and_restores_heads(net
     from dyninfer.methods.early_exit.select import select_adaptation
 
     classes = subset_classes(digits.spec, "round")
-    costs = exit_costs(net, digits.calib.x[:16], batches=(1,), repeats=1, warmup=0, min_time_s=0.0)
+    costs = StagedNetwork(net).count()
     exit_ms = [1.0 * (p + 1) for p in range(net.n_exits)]
     heads0 = [params_digest(h) for h in net.heads]
-    kw = dict(costs=costs, exit_ms=exit_ms, score=make_score("max_softmax"), folds=4, threshold=0.95,
-              log=lambda s: None)
-    res = select_adaptation(net, digits.calib, classes, ["1e-4", "0.3:input-norm:2"], **kw)
+    kw = dict(costs=costs, exit_ms=exit_ms, score=make_score("max_softmax"), threshold=0.95, log=lambda s: None)
+    res = select_adaptation(net, digits.calib, classes, ["1e-4", "0.3:input-norm:2"], config=SelectConfig(folds=4), **kw)
     assert [params_digest(h) for h in net.heads] == heads0
     n_sub = int(np.isin(digits.calib.y.numpy(), classes).sum())
     assert res["held_out_images"] == n_sub
@@ -232,7 +236,8 @@ def test_cross_validated_selection_judges_held_out_images_and_restores_heads(net
     assert big["latency_reduction"] > paper["latency_reduction"]  # a larger step makes the held-out subset leave sooner
     eligible = [r for r in res["rows"] if r["eligible"]]
     assert res["chosen"] == max(eligible, key=lambda r: r["latency_reduction"])["label"]
-    none = select_adaptation(net, digits.calib, classes, ["1e-4"], max_other_drop=-100.0, **kw)
+    none = select_adaptation(net, digits.calib, classes, ["1e-4"], config=SelectConfig(folds=4, max_other_drop=-100.0),
+                             **kw)
     assert none["chosen"] is None and not none["rows"][0]["eligible"]  # nothing can gain 100 points
     with pytest.raises(ConfigError, match="candidates"):
         select_adaptation(net, digits.calib, classes, [], **kw)

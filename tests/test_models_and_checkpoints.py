@@ -5,6 +5,7 @@ from dyninfer import CheckpointError, ConfigError
 from dyninfer.data.datasets import DataSpec
 from dyninfer.models import create_model, list_models
 from dyninfer.runtime.cost import count_flops, count_params
+from dyninfer.io import write_payload
 from dyninfer.train import Recipe, cached_model, load_checkpoint, read_checkpoint, save_checkpoint
 
 FMNIST = DataSpec("fashion-mnist", 10, 1, (28, 28), (0.286,), (0.353,))
@@ -75,9 +76,16 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     # a checkpoint whose weights belong to another architecture
     payload = read_checkpoint(p)
     payload["arch"]["name"] = "cnn-m"
-    torch.save(payload, tmp_path / "swapped.pt")
+    write_payload(tmp_path / "swapped.pt", payload)
     with pytest.raises(CheckpointError, match="another architecture"):
         load_checkpoint(tmp_path / "swapped.pt")
+    # one byte changed inside a weight tensor: torch still reads the file, the checksum refuses it
+    weight = m.state_dict()["head.3.weight"].numpy().tobytes()
+    at = data.index(weight) + len(weight) // 2
+    (tmp_path / "flipped.pt").write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
+    assert torch.load(tmp_path / "flipped.pt", weights_only=True)["format"] == "dyninfer-checkpoint-2"
+    with pytest.raises(CheckpointError, match=r"flipped.pt does not match its SHA-256 checksum.*Delete it"):
+        load_checkpoint(tmp_path / "flipped.pt")
     # no stray temporary files next to the checkpoints
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
 

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from dyninfer.data.datasets import load_dataset
 from dyninfer.errors import ConfigError, InputError, TraceError
-from dyninfer.methods.selection import (BackboneManager, BackbonePool, BackboneSelector, ComplexityAnalyser,
-                                        ComplexityConfig, PolicyConfig, ScorePolicy, SelectionRuntime,
-                                        SelectorConfig, choose, rewards, train_reinforce)
+from dyninfer.methods.selection import (BackboneSelector, ComplexityAnalyser, ComplexityConfig, PolicyConfig,
+                                        ScorePolicy, Selection, SelectorConfig, biased_choice, choose, rewards,
+                                        train_reinforce)
 from dyninfer.models import create_model
-from dyninfer.trace import measure_costs, record_trace
+from dyninfer.paths import ModulePool, measure_costs
+from dyninfer.trace import Trace
 
 # ----------------------------------------------------------------------------------------- fixtures
 
@@ -30,11 +31,10 @@ def setup(digits):
     for i, name in enumerate(("cnn-s", "cnn-m", "cnn-l")):
         torch.manual_seed(i)
         models[name] = create_model(name, digits.spec).eval()
-    costs = measure_costs(models, digits.calib.x[:64], batches=(1, 16, 64), repeats=2, min_time_s=0.0,
-                          log=lambda s: None)
-    calib = record_trace(models, digits.calib, costs, progress=False)
-    test = record_trace(models, digits.test, costs, progress=False)
-    return models, calib, test
+    paths = ModulePool(models, input_shape=digits.spec.input_shape)
+    costs = measure_costs(paths, digits.calib.x[:64], batches=(1, 16, 64), rounds=1, repeats=2, min_time_s=0.0,
+                          log=None)
+    return paths, paths.record(digits.calib, costs=costs), paths.record(digits.test, costs=costs)
 
 
 # ----------------------------------------------------------------------------------------- analyser
@@ -147,58 +147,69 @@ def test_choose_modes():
 # ----------------------------------------------------------------------------------------- selector and runtime
 
 
-@pytest.mark.parametrize("mode", ["greedy", "sampled"])
-def test_runtime_equals_trace_simulation(digits, setup, mode):
-    models, calib, test = setup
-    names = list(models)
-    cfg = SelectorConfig(lam=0.9, mode=mode, grid=4, serving_batch=64, policy=PolicyConfig(epochs=3))
-    sel = BackboneSelector(names, cfg).fit(calib, digits.calib.x)
-    pool = BackbonePool.from_models(models)
-    budget = pool.largest_bytes  # holds only part of the pool: forces switching
-    mgr = BackboneManager(pool, budget)
-    rt = SelectionRuntime(sel, mgr, seed=5)
-    res = rt.run(digits.test.x, batch_size=64)
-    sim = sel.simulate(test, digits.test.x, generator=torch.Generator().manual_seed(5), batch_size=64)
-    assert np.array_equal(res.path.numpy(), sim.path)
-    assert np.array_equal(res.pred.numpy(), sim.pred)
-    assert res.counts.sum() == test.n
-    if mode == "sampled":  # sampling spreads images over backbones, so the manager must switch
-        assert (res.counts > 0).sum() >= 2
-        assert mgr.stats().evictions > 0
-    st = mgr.stats()
+def test_runtime_equals_trace_simulation_under_a_budget_that_forces_switching(digits, setup):
+    paths, calib, test = setup
+    m = Selection(lambdas=(0.6, 0.9), grid=4, serving_batch=64, policy=PolicyConfig(epochs=3)).fit(calib)
+    budget = paths.backbone_pool().largest_bytes  # holds only part of the pool: forces switching
+    rt = m.runtime(paths, memory_budget=budget)
+    for bias in (m.knob_, 0.0, -0.5, 0.5):
+        rt.knob = bias
+        res = rt.run(digits.test.x, batch_size=64)
+        sim = m.simulate(test, bias)
+        assert np.array_equal(res.path.numpy(), sim.path) and np.array_equal(res.pred.numpy(), sim.pred)
+        assert res.path_counts.sum() == test.n and np.allclose(res.flops, sim.flops)
+    st = rt.modules.stats()
     assert st.peak_bytes <= budget and st.peak_measured_bytes <= budget
 
 
-def test_selector_save_load_and_errors(digits, setup, tmp_path):
-    models, calib, test = setup
-    names = list(models)
-    sel = BackboneSelector(names, SelectorConfig(grid=4, policy=PolicyConfig(epochs=2)))
-    with pytest.raises(ConfigError, match="not fitted"):
-        sel.choose(digits.test.x)
-    sel.fit(calib, digits.calib.x)
-    path = sel.save(tmp_path / "sel.pt")
-    back = BackboneSelector.load(path)
-    assert torch.allclose(back.logits(digits.test.x), sel.logits(digits.test.x))
-    with pytest.raises(TraceError, match="no paths"):
-        BackboneSelector(["cnn-s", "nope"]).fit(calib, digits.calib.x)
-    with pytest.raises(TraceError, match="images"):
-        BackboneSelector(names).fit(calib, digits.calib.x[:10])
+def test_the_cost_bias_only_ever_moves_images_to_cheaper_backbones():
+    torch.manual_seed(0)
+    logits = torch.randn(500, 4)
+    cost = torch.tensor([0.1, 0.3, 0.2, 1.0])
+    prev = None
+    for b in [-np.inf, -10, -1, -0.1, 0, 0.1, 1, 10, np.inf]:
+        c = cost[biased_choice(logits, float(b), cost)]
+        if prev is not None:
+            assert torch.all(c <= prev + 1e-12)  # per image, not just on average
+        prev = c
+    assert torch.all(biased_choice(logits, np.inf, cost) == 0) and torch.all(biased_choice(logits, -np.inf, cost) == 3)
+
+
+def test_selection_settings_and_errors(digits, setup):
+    paths, calib, test = setup
+    with pytest.raises(ConfigError, match="lambdas"):
+        Selection(lambdas=(1.5,))
+    with pytest.raises(ConfigError, match="lambdas"):
+        Selection(lambdas=())
+    with pytest.raises(ConfigError, match="unknown features"):
+        Selection(features="edges")
     with pytest.raises(ConfigError):
-        BackboneSelector(["cnn-s"])
-    with pytest.raises(ConfigError):
-        SelectorConfig(use_features=False, use_complexity=False)
-    rt = SelectionRuntime(sel, BackboneManager(BackbonePool.from_models(models), 10 ** 9))
+        Selection(use_features=False, use_complexity=False)
+    with pytest.raises(ConfigError, match="bias_grid"):
+        Selection(bias_grid=1)
+    m = Selection(lambdas=(0.9,), grid=4, policy={"epochs": 2}).fit(calib)
+    with pytest.raises(ConfigError, match="one number"):
+        m.check_knob("cheap")
+    with pytest.raises(TraceError, match="with_inputs"):
+        m.simulate(Trace(test.paths, test.logits, test.labels, test.costs))  # a trace without its images
+    rt = m.runtime(paths)
     with pytest.raises(InputError, match="image size|channels"):
         rt(torch.rand(2, 1, 28, 28))
     with pytest.raises(InputError, match="NaN"):
         rt(torch.full((2, 1, 8, 8), float("nan")))
-    with pytest.raises(ConfigError, match="pool has no"):
-        SelectionRuntime(sel, BackboneManager(BackbonePool.from_models({"cnn-s": models["cnn-s"]}), 10 ** 9))
+    with pytest.raises(ConfigError, match="budget"):
+        m.runtime(paths, memory_budget=10)
+    with pytest.raises(TraceError, match="no paths"):
+        BackboneSelector(["cnn-s", "nope"]).fit(calib, digits.calib.x)
+    with pytest.raises(TraceError, match="images"):
+        BackboneSelector(paths.names).fit(calib, digits.calib.x[:10])
+    with pytest.raises(ConfigError):
+        BackboneSelector(["cnn-s"])
 
 
 def test_features_variants_and_score_policy(digits, setup):
-    models, calib, test = setup
-    names = list(models)
+    paths, calib, test = setup
+    models, names = paths.models, paths.names
     eb = BackboneSelector(names, SelectorConfig(features="early-block", grid=2, policy=PolicyConfig(epochs=2)))
     eb.fit(calib, digits.calib.x, feature_model=models["cnn-s"])
     assert eb.in_dim_ == 12 * 2 * 2 + 3  # cnn-s first stage has 12 channels, plus edge/texture/score

@@ -1,4 +1,4 @@
-"""Backbone pool and LRU manager: budget, LRU order, pinning, threads, loading from checkpoints."""
+"""The shared backbone pool and LRU manager: budget, LRU order, pinning, threads, loading from checkpoints."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torch import nn
 
 from dyninfer.data.datasets import load_dataset
 from dyninfer.errors import CheckpointError, ConfigError, DyninferError
-from dyninfer.methods.selection import BackboneManager, BackbonePool, load_backbone
+from dyninfer.runtime.manager import BackboneManager
+from dyninfer.runtime.pool import BackbonePool, load_backbone
 from dyninfer.models import create_model
 from dyninfer.runtime.cost import count_flops, model_bytes
 from dyninfer.train.checkpoint import save_checkpoint

@@ -8,6 +8,7 @@ from .errors import (  # noqa: E402
     DataError,
     DyninferError,
     InputError,
+    NotFittedError,
     TraceError,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "InputError",
+    "NotFittedError",
     "TraceError",
 ]

@@ -25,3 +25,7 @@ class InputError(DyninferError, ValueError):
 
 class TraceError(DyninferError):
     """A trace is missing, corrupt, or does not fit the policy evaluated on it."""
+
+
+class NotFittedError(DyninferError):
+    """A method was used before ``fit`` (or ``load``) gave it its learned state."""

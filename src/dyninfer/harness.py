@@ -1,8 +1,10 @@
-"""The shared pipeline every method stands on: data -> trained (cached) backbones -> costs -> traces.
+"""Data and paths for every method: data -> trained (cached) paths -> calibration and test traces.
 
-``prepare(...)`` returns the dataset, the trained models of a preset, and calibration and test
-traces of every model, each cached on disk (checkpoints by model/data/recipe/seed, traces by the
-checkpoints they were recorded from) so that later runs and other methods reuse them.
+``prepare(...)`` returns the dataset, the preset's path set of the kind a method runs on (a pool of
+models, or one early-exit network), and its calibration and test traces. Checkpoints are cached by
+model, recipe, seed and the *content* of the data; traces by the weights they were recorded
+with and the data's content, so later runs and other methods reuse them. Traces carry counted costs (FLOPs, parameters,
+bytes) and their split's images; latency and energy are measured once per run by the pipeline.
 """
 
 from __future__ import annotations
@@ -12,68 +14,100 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from torch import nn
-
 from .data.datasets import Dataset, load_dataset
 from .errors import ConfigError, TraceError
-from .io import cache_dir
+from .io import cache_dir, digest
+from .paths import KINDS, ModulePool, PathSet, StagedNetwork
 from .presets import Preset, get_preset
-from .trace import Trace, measure_costs, record_trace
-from .train.checkpoint import cache_key, cached_model
+from .trace import Trace
+from .train.checkpoint import cached_model
+from .train.exits import fit_early_exit
 
 
 @dataclass
 class Prepared:
+    """What :func:`prepare` returns.
+
+    Attributes:
+        data: the dataset and its splits.
+        preset: the preset.
+        paths: the path set.
+        calib, test: traces of every path on the calibration and test splits (with their images).
+        model_meta: per trained model, its checkpoint metadata (accuracy, FLOPs, recipe, file).
+    """
+
     data: Dataset
     preset: Preset
-    models: dict[str, nn.Module]
-    model_meta: dict[str, dict]
+    paths: PathSet
     calib: Trace
     test: Trace
+    model_meta: dict[str, dict]
 
 
-def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, seed: int = 0,
-            data_root: str | None = None, models: list[str] | None = None, device: str = "cpu",
-            progress: bool = True, log: Callable[[str], None] = print, remeasure: bool = False) -> Prepared:
-    """Load data, train or reuse the preset's models, and record (or reuse) their traces.
+def load_data(dataset: str, preset: Preset, *, seed: int = 0, data_root: str | None = None,
+              log: Callable[[str], None] = print) -> Dataset:
+    """The preset's splits of ``dataset``."""
+    log(f"[data] loading {dataset}")
+    data = load_dataset(dataset, root=data_root, seed=seed, calib_size=preset.calib_size,
+                        train_limit=preset.train_limit, test_limit=preset.test_limit)
+    if dataset == "digits" and any(r.hflip for r in [*preset.models.values(), preset.exit_recipe]):
+        raise ConfigError("digits must not be flipped; use the tiny preset (hflip=False) for digits")
+    log(f"[data] {data.meta}, content {data.fingerprint}")
+    return data
+
+
+def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, kind: str = "pool", seed: int = 0,
+            data_root: str | None = None, data: Dataset | None = None, models: list[str] | None = None,
+            device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> Prepared:
+    """Load data, train or reuse the preset's paths of ``kind``, and record (or reuse) their traces.
 
     Args:
         dataset: registry name of the dataset.
         preset: preset name or object.
+        kind: ``pool`` (the preset's models) or ``staged`` (its early-exit network).
         seed: seed of splits and training.
         data_root: dataset folder override.
-        models: subset of the preset's models to use (default: all of them).
-        remeasure: record traces and costs again even if cached.
+        data: an already loaded dataset (skips loading; must come from the same preset and seed).
+        models: subset of the preset's pool to use, cheapest first (default: all of it).
+        device: where models train and run.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
-    log(f"[data] loading {dataset}")
-    data = load_dataset(dataset, root=data_root, seed=seed, calib_size=p.calib_size, train_limit=p.train_limit)
-    log(f"[data] {data.meta}")
-    names = models or list(p.models)
-    unknown = [n for n in names if n not in p.models]
-    if unknown:
-        raise ConfigError(f"preset {p.name!r} has no models {unknown}; it has {list(p.models)}")
-    trained, metas = {}, {}
-    for name in names:
-        trained[name], metas[name] = cached_model(name, data, p.models[name], seed=seed, device=device,
-                                                  progress=progress, log=log)
-    keys = [cache_key(n, {}, data, p.models[n].to_dict(), seed) for n in names]
-    tkey = hashlib.sha1(json.dumps([names, keys, device, p.latency_repeats, p.latency_min_s]).encode()).hexdigest()[:16]
-    folder = cache_dir() / "traces" / data.spec.name / tkey
-    traces: dict[str, Trace] = {}
-    if not remeasure:
-        try:
-            traces = {s: Trace.load(folder / s) for s in ("calib", "test")}
-            log(f"[trace] reusing {folder}")
-        except TraceError:
-            traces = {}
-    if not traces:
-        sample = data.calib.x[:256].to(device)
-        costs = measure_costs(trained, sample, repeats=p.latency_repeats, min_time_s=p.latency_min_s, log=log)
+    if kind not in ("pool", "staged"):
+        raise ConfigError(f"the harness prepares path sets of kind 'pool' or 'staged', got {kind!r} "
+                          f"(known kinds: {list(KINDS)})")
+    data = data if data is not None else load_data(dataset, p, seed=seed, data_root=data_root, log=log)
+    metas: dict[str, dict] = {}
+    if kind == "pool":
+        names = list(models) if models else list(p.models)
+        unknown = [n for n in names if n not in p.models]
+        if unknown:
+            raise ConfigError(f"preset {p.name!r} has no models {unknown}; it has {list(p.models)}")
+        trained = {}
+        for name in names:
+            trained[name], metas[name] = cached_model(name, data, p.models[name], seed=seed, device=device,
+                                                      progress=progress, log=log)
+        paths: PathSet = ModulePool(trained, input_shape=data.spec.input_shape,
+                                    files={n: metas[n]["checkpoint"] for n in names})
+    else:
+        net, meta = fit_early_exit(p.exit_model, data, p.exit_recipe, training=p.exit_training, seed=seed,
+                                   device=device, progress=progress, log=log)
+        metas[p.exit_model] = meta
+        paths = StagedNetwork(net)
+    weights = [digest(m.state_dict()) for m in ([paths.net] if isinstance(paths, StagedNetwork) else paths.models.values())]
+    key = hashlib.sha1(json.dumps([kind, paths.names, weights, data.fingerprint]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "traces" / data.spec.name / key
+    try:
+        traces = {s: Trace.load(folder / s) for s in ("calib", "test")}
+        log(f"[trace] reusing {folder}")
+    except TraceError:
+        costs = paths.count()
+        traces = {}
         for s in ("calib", "test"):
-            meta = {"dataset": data.meta, "split": s, "preset": p.name,
-                    "models": {n: {k: metas[n][k] for k in ("test_accuracy", "flops", "params", "recipe")} for n in names}}
-            traces[s] = record_trace(trained, data.split(s), costs, meta=meta, progress=progress)
+            meta = {"dataset": data.meta, "content": data.fingerprint, "split": s, "preset": p.name,
+                    "models": {n: {k: m.get(k) for k in ("test_accuracy", "exit_test_accuracy", "flops", "params")}
+                               for n, m in metas.items()}}
+            traces[s] = paths.record(data.split(s), costs=costs, meta=meta, progress=progress)
             traces[s].save(folder / s)
         log(f"[trace] recorded {folder}")
-    return Prepared(data, p, trained, metas, traces["calib"], traces["test"])
+    return Prepared(data, p, paths, traces["calib"].with_inputs(data.calib.x), traces["test"].with_inputs(data.test.x),
+                    metas)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -101,3 +102,86 @@ def versions() -> dict[str, str]:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
     }
+
+
+# ------------------------------------------------------------------------ checksummed torch payloads
+
+def digest(obj: Any) -> str:
+    """SHA-256 of ``obj`` in a canonical form: nested dicts (by sorted key), lists, tuples, tensors and
+    arrays (dtype, shape and bytes), numbers, strings and None. Equal content gives an equal digest."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    import numpy as np
+    import torch
+
+    if isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode() + b":")
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def write_payload(path: str | os.PathLike, payload: dict) -> Path:
+    """``torch.save`` a dict atomically, with the SHA-256 of its content under ``"sha256"``."""
+    import torch
+
+    body = {k: v for k, v in payload.items() if k != "sha256"}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({**body, "sha256": digest(body)}, tmp)
+    return path
+
+
+def read_payload(path: str | os.PathLike, *, fmt: str, what: str = "checkpoint") -> dict:
+    """Read a payload written by :func:`write_payload`; check its ``format`` tag and its checksum.
+
+    Args:
+        path: the file.
+        fmt: the format tag the payload must carry.
+        what: how error messages name the file (``checkpoint``, ``exit heads file``, ...).
+
+    Raises:
+        CheckpointError: missing, unreadable, of another format, or whose content no longer matches its
+            checksum (a changed byte anywhere in the weights), each naming the file and what to do.
+    """
+    import torch
+
+    from .errors import CheckpointError
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist; train or save it first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{what} {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
+                              f"truncated or not a dyninfer file. Delete it and train or save it again.") from e
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a {fmt} file (found {found!r}); delete it and train or save it again")
+    stored = payload.pop("sha256", None)
+    if stored is None or digest(payload) != stored:
+        why = "has no checksum" if stored is None else "does not match its SHA-256 checksum"
+        raise CheckpointError(f"{what} {path} {why}: its content was changed or damaged after it was written. "
+                              f"Delete it and train or save it again.")
+    return payload

@@ -1,7 +1,9 @@
 """Traces: every path's logits on every sample of a split, with the per-path costs.
 
-A trace is recorded once; any policy at any threshold is then evaluated on it in
-milliseconds. On disk a trace is a folder holding ``trace.json`` (paths, costs, metadata) and
+A trace is recorded once (:meth:`dyninfer.paths.PathSet.record`); any policy at any knob value is
+then evaluated on it in milliseconds. Policies that decide from the image itself (up-front
+selection) also read the split's images, which a trace carries in memory (``x``) but does not
+store. On disk a trace is a folder holding ``trace.json`` (paths, costs, metadata) and
 ``logits.npz`` (logits (P, N, K) float32 and labels (N,)), replaced whole or not at all.
 """
 
@@ -17,13 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.datasets import Split
 from .errors import TraceError
-from .io import atomic_dir, versions
-from .runtime.cost import PathCost, measure_path
-from .train.trainer import predict_logits
+from .io import atomic_dir, digest
+from .runtime.cost import PathCost
 
-FORMAT = "dyninfer-trace-1"
+FORMAT = "dyninfer-trace-2"
 
 
 @dataclass
@@ -35,7 +35,8 @@ class Trace:
         logits: (P, N, K) float32.
         labels: (N,) int64.
         costs: one :class:`PathCost` per path.
-        meta: dataset, split, seed, versions.
+        meta: dataset, split, seed, path-set kind, versions.
+        x: the split's images (N, C, H, W), in memory only (None: not attached; see :meth:`with_inputs`).
     """
 
     paths: list[str]
@@ -43,6 +44,7 @@ class Trace:
     labels: np.ndarray
     costs: list[PathCost]
     meta: dict = field(default_factory=dict)
+    x: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.logits.ndim != 3 or self.logits.shape[0] != len(self.paths):
@@ -51,6 +53,8 @@ class Trace:
             raise TraceError(f"labels of shape {self.labels.shape} do not fit logits {self.logits.shape}")
         if len(self.costs) != len(self.paths):
             raise TraceError(f"{len(self.costs)} costs for {len(self.paths)} paths")
+        if self.x is not None and self.x.shape[0] != self.n:
+            raise TraceError(f"{self.x.shape[0]} images for a trace of {self.n} samples")
 
     @property
     def n(self) -> int:
@@ -84,7 +88,30 @@ class Trace:
     def select(self, paths: list[str]) -> "Trace":
         """A trace over a subset of paths, in the given order."""
         idx = [self.index(p) for p in paths]
-        return Trace(list(paths), self.logits[idx], self.labels, [self.costs[i] for i in idx], dict(self.meta))
+        return Trace(list(paths), self.logits[idx], self.labels, [self.costs[i] for i in idx], dict(self.meta), self.x)
+
+    def with_costs(self, costs: list[PathCost]) -> "Trace":
+        """The same trace with other costs (e.g. measured in this run); this one is left as it is."""
+        if [c.name for c in costs] != self.paths:
+            raise TraceError(f"costs for {[c.name for c in costs]} do not fit the trace's paths {self.paths}")
+        return Trace(list(self.paths), self.logits, self.labels, list(costs), dict(self.meta), self.x)
+
+    def with_inputs(self, x: torch.Tensor) -> "Trace":
+        """The same trace carrying its split's images (N, C, H, W), for policies that read them."""
+        return Trace(list(self.paths), self.logits, self.labels, list(self.costs), dict(self.meta), x)
+
+    def subset(self, idx) -> "Trace":
+        """The trace on samples ``idx`` only."""
+        idx = np.asarray(idx)
+        return Trace(list(self.paths), self.logits[:, idx], self.labels[idx], list(self.costs), dict(self.meta),
+                     None if self.x is None else self.x[torch.as_tensor(idx)])
+
+    def inputs(self) -> torch.Tensor:
+        """The images, or a TraceError saying how to attach them."""
+        if self.x is None:
+            raise TraceError("this policy reads the images, but the trace carries none; attach them with "
+                             "trace.with_inputs(split.x)")
+        return self.x
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
@@ -92,7 +119,7 @@ class Trace:
             np.savez(tmp / "logits.npz", logits=self.logits, labels=self.labels)
             (tmp / "trace.json").write_text(json.dumps(
                 {"format": FORMAT, "paths": self.paths, "costs": [c.to_dict() for c in self.costs],
-                 "meta": self.meta}, indent=2, default=str))
+                 "meta": self.meta, "sha256": digest([self.logits, self.labels])}, indent=2, default=str))
         return folder
 
     @classmethod
@@ -107,29 +134,9 @@ class Trace:
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
             raise TraceError(f"trace at {folder} is corrupt ({type(e).__name__}: {e}); record it again") from e
         if info.get("format") != FORMAT:
-            raise TraceError(f"{folder} is not a {FORMAT} trace")
+            raise TraceError(f"{folder} is not a {FORMAT} trace; record it again")
+        if info.get("sha256") != digest([logits, labels]):
+            raise TraceError(f"trace at {folder} does not match its SHA-256 checksum (changed or damaged after it was "
+                             f"written); delete it and record it again")
         return cls(info["paths"], logits, labels, [PathCost.from_dict(c) for c in info["costs"]], info["meta"])
 
-
-def measure_costs(models: Mapping[str, nn.Module], sample: torch.Tensor, *, batches=(1, 16, 64, 256),
-                  repeats: int = 20, min_time_s: float = 0.3, log=print) -> list[PathCost]:
-    """Measure every path's cost on ``sample`` (N, C, H, W), interleaving nothing: one path at a time."""
-    out = []
-    for name, model in models.items():
-        c = measure_path(name, model, sample, batches=batches, repeats=repeats, min_time_s=min_time_s)
-        log(f"[cost] {name}: {c.flops / 1e6:.2f} MFLOPs, batch 1 {c.latency[min(batches)].median_s * 1e3:.2f} ms, "
-            f"batch {max(batches)} {c.latency[max(batches)].throughput:.0f} img/s")
-        out.append(c)
-    return out
-
-
-def record_trace(models: Mapping[str, nn.Module], split: Split, costs: list[PathCost], *, meta: dict | None = None,
-                 batch_size: int = 512, progress: bool = True) -> Trace:
-    """Run every model over ``split`` once and keep logits, labels and ``costs``."""
-    if len(split) == 0:
-        raise TraceError("cannot record a trace on an empty split")
-    logits = np.stack([predict_logits(m, split.x, batch_size=batch_size, progress=progress, desc=f"trace {n}").numpy()
-                       for n, m in models.items()]).astype(np.float32)
-    meta = dict(meta or {})
-    meta.setdefault("versions", versions())
-    return Trace(list(models), logits, split.y.numpy().astype(np.int64), list(costs), meta)

@@ -7,6 +7,7 @@ on the calibration split; figures are reported on the test split.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -81,6 +82,16 @@ class Dataset:
     calib: Split
     test: Split
     meta: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of every split's images and labels, computed once per load.
+
+        Caches of checkpoints and traces are keyed by it: the same data in another folder reuses them,
+        changed data invalidates them."""
+        from ..io import digest
+
+        return digest([[s.x, s.y] for s in (self.train, self.calib, self.test)])[:16]
 
     def split(self, name: str) -> Split:
         if name not in ("train", "calib", "test"):

@@ -16,12 +16,15 @@ class Outcome:
         path: (N,) index of the path whose answer was kept.
         flops: (N,) FLOPs spent on the sample (every path that ran, plus any policy overhead).
         labels: (N,) true class.
+        ran: (N, P) share of each path that ran on each sample: 1 for the whole path, 0 for none, between for
+            an exit a forced runtime passed, whose segment alone ran (for predicted time); None if unknown.
     """
 
     pred: np.ndarray
     path: np.ndarray
     flops: np.ndarray
     labels: np.ndarray
+    ran: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -34,6 +37,14 @@ class Outcome:
     @property
     def mean_flops(self) -> float:
         return float(self.flops.mean())
+
+    def __len__(self) -> int:
+        return int(self.pred.shape[0])
+
+    def subset(self, idx) -> "Outcome":
+        """The outcome on the samples ``idx`` only."""
+        return Outcome(self.pred[idx], self.path[idx], self.flops[idx], self.labels[idx],
+                       None if self.ran is None else self.ran[idx])
 
     def path_share(self, n_paths: int) -> np.ndarray:
         """(P,) share of samples answered by each path."""

@@ -25,21 +25,13 @@ def create_model(name: str, spec: DataSpec, **kwargs: Any) -> nn.Module:
     input normalisation is part of the model, so deployed inputs need no preprocessing.
     The model records how it was built in ``model.dyninfer_arch`` (checked when loading checkpoints).
     """
-    _method_backbones()
     model = BACKBONES.get(name)(spec, **kwargs)
     model.dyninfer_arch = {"name": name, "kwargs": dict(kwargs), "spec": _spec_dict(spec)}
     return model
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    _method_backbones()
     return BACKBONES.names(pattern)
-
-
-def _method_backbones() -> None:
-    """Register the backbones that methods define (the early-exit ``revcol-*`` networks), so that a
-    checkpoint of one loads without importing its method first."""
-    from ..methods.early_exit import revcol  # noqa: F401  (registers on import; cached after the first call)
 
 
 def _spec_dict(spec: DataSpec) -> dict:

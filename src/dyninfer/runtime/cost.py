@@ -7,13 +7,15 @@ carries its ``source`` so a report can say which it is.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
 import itertools
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -142,7 +144,7 @@ def paired_overhead(lat: dict, name: str, reference: str, *, level: float = 0.95
     from ..evaluate.stats import bootstrap_ci
 
     ratio = np.asarray(lat[name]["times_ms"]) / np.asarray(lat[reference]["times_ms"])
-    lo, hi = bootstrap_ci(ratio, stat=np.median, level=level, seed=seed)
+    lo, hi = bootstrap_ci(ratio, stat=np.median, level=level, seed=seed) if ratio.size > 1 else (np.nan, np.nan)
     return {"pct": float(100 * (np.median(ratio) - 1)), "ci_low_pct": 100 * (lo - 1), "ci_high_pct": 100 * (hi - 1),
             "level": level, "rounds": int(ratio.size)}
 
@@ -262,7 +264,9 @@ def co2_grams(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> 
 
 @dataclass
 class PathCost:
-    """Everything measured about one path (a cascade stage, an exit, a backbone)."""
+    """Everything measured about one path (a cascade stage, an exit, a backbone, a subnetwork).
+
+    FLOPs, parameters and bytes are counted; latency and energy are measured (empty until then)."""
 
     name: str
     flops: int  # per sample, counted
@@ -272,6 +276,7 @@ class PathCost:
     energy_j_per_sample: float = 0.0  # at the largest measured batch
     energy_source: str = ""
     device: str = "cpu"
+    skip_flops: int = 0  # per sample when the path is passed without answering (an exit's segment; 0 in a pool)
 
     def time_per_batch(self, batch: int | np.ndarray) -> np.ndarray:
         """Predicted wall time of one call at ``batch`` samples: piecewise-linear in the measured batch sizes.
@@ -302,28 +307,31 @@ class PathCost:
         return cls(**d)
 
 
-def measure_path(name: str, model: nn.Module, sample: torch.Tensor, *, batches: tuple[int, ...] = (1, 16, 64, 256),
-                 repeats: int = 20, warmup: int = 3, min_time_s: float = 0.3,
-                 cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD) -> PathCost:
-    """Count and time ``model`` on batches cut from ``sample`` (N, C, H, W), N >= max(batches).
+def median_costs(rounds: list[list[PathCost]]) -> list[PathCost]:
+    """Merge cost measurements taken in interleaved rounds: per path and batch size, the round with the median time.
 
-    Energy per sample comes from the largest batch, measured or estimated (see :class:`EnergyMeter`).
+    On a CPU shared with other jobs one round can land on a burst of contention; the median round does not.
     """
-    device = sample.device
-    model.eval()
-    lat: dict[int, LatencyStats] = {}
-    for b in batches:
-        x = sample[:b]
-        if x.shape[0] < b:
-            x = x.repeat((b + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:b]
-        lat[b] = measure_latency(model, x, repeats=repeats, warmup=warmup, min_time_s=min_time_s)
-    big = max(batches)
-    x = sample[:big] if sample.shape[0] >= big else sample.repeat((big + sample.shape[0] - 1) // sample.shape[0], 1, 1, 1)[:big]
-    meter = EnergyMeter(device, cpu_watts_per_thread)
-    n_calls = 5
-    with meter, torch.inference_mode():
-        for _ in range(n_calls):
-            model(x)
-    return PathCost(name=name, flops=count_flops(model, tuple(sample.shape[1:]), device), params=count_params(model),
-                    bytes=sum(model_bytes(model).values()), latency=lat,
-                    energy_j_per_sample=meter.joules / (n_calls * big), energy_source=meter.source, device=str(device))
+    out = []
+    for per_path in zip(*rounds):
+        base = per_path[0]
+        lat = {}
+        for b in base.latency:
+            stats = sorted((c.latency[b] for c in per_path), key=lambda s: s.median_s)
+            lat[b] = stats[len(stats) // 2]
+        energy = sorted(per_path, key=lambda c: c.energy_j_per_sample)[len(per_path) // 2]
+        out.append(dataclasses.replace(base, latency=lat, energy_j_per_sample=energy.energy_j_per_sample,
+                                       energy_source=energy.energy_source))
+    return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for a block and restore them after, also on an error (None: leave as is)."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

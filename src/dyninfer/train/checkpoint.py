@@ -13,43 +13,23 @@ from torch import nn
 
 from ..data.datasets import Dataset
 from ..errors import CheckpointError
-from ..io import atomic_path, cache_dir, versions
+from ..io import cache_dir, read_payload, versions, write_payload
 from ..models.registry import create_model, spec_from_dict
 
-FORMAT = "dyninfer-checkpoint-1"
+FORMAT = "dyninfer-checkpoint-2"
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write ``model`` (built by :func:`create_model`) with ``meta`` to ``path`` atomically."""
+    """Write ``model`` (built by :func:`create_model`) with ``meta`` to ``path`` atomically, checksummed."""
     arch = getattr(model, "dyninfer_arch", None)
     if arch is None:
         raise CheckpointError("model was not built by dyninfer.models.create_model; cannot record its architecture")
-    payload = {"format": FORMAT, "arch": arch, "state_dict": model.state_dict(), "meta": meta or {}}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return write_payload(path, {"format": FORMAT, "arch": arch, "state_dict": model.state_dict(), "meta": meta or {}})
 
 
 def read_checkpoint(path: str | os.PathLike, *, fmt: str = FORMAT, what: str = "checkpoint") -> dict:
-    """Read a payload written with ``torch.save`` and check its ``format`` tag (no model is built).
-
-    Args:
-        path: the file.
-        fmt: the format tag the payload must carry.
-        what: how error messages name the file (``checkpoint``, ``exit heads file``).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{what} {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
-                              f"truncated or not a dyninfer file. Delete it and train again.") from e
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a {fmt} file")
-    return payload
+    """Read a checksummed payload and check its ``format`` tag (no model is built); see :func:`~dyninfer.io.read_payload`."""
+    return read_payload(path, fmt=fmt, what=what)
 
 
 def load_checkpoint(path: str | os.PathLike, *, expect_model: str | None = None,
@@ -94,8 +74,10 @@ def load_state(model: nn.Module, state: dict, where: str) -> None:
 
 
 def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, seed: int) -> str:
-    blob = json.dumps({"model": model_name, "kwargs": model_kwargs, "data": data.meta, "recipe": recipe,
-                       "seed": seed}, sort_keys=True, default=str)
+    """Key of a trained model: its name and arguments, the recipe, the seed and the *content* of the data
+    (:attr:`Dataset.fingerprint`), so moved data reuses the cache and changed data invalidates it."""
+    blob = json.dumps({"model": model_name, "kwargs": model_kwargs, "data": [data.spec.name, data.fingerprint],
+                       "recipe": recipe, "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -104,8 +86,9 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
                  log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
     """Return a trained model from the checkpoint cache, training and caching it on a miss.
 
-    The key covers the model name and arguments, the dataset and its split, the recipe and the seed.
-    A corrupt cached file is reported and retrained, never silently used.
+    The key covers the model name and arguments, the content of the data (:func:`cache_key`), the recipe
+    and the seed. A corrupt cached file is reported and retrained, never silently used. The returned
+    metadata names the file under ``checkpoint``.
     """
     from ..runtime.cost import count_flops, count_params
     from .trainer import accuracy, train
@@ -117,7 +100,7 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
         try:
             model, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
             log(f"[cache] {model_name}: {path} (test acc {meta.get('test_accuracy', float('nan')):.4f})")
-            return model, meta
+            return model, {**meta, "checkpoint": str(path)}
         except CheckpointError as e:
             log(f"[cache] {e}; retraining")
     torch.manual_seed(seed)
@@ -132,4 +115,4 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
     }
     save_checkpoint(model, path, meta)
     log(f"[train] {model_name}: {res.seconds:.0f} s, test acc {meta['test_accuracy']:.4f} -> {path}")
-    return model, meta
+    return model, {**meta, "checkpoint": str(path)}

@@ -1,144 +1,191 @@
-"""The cascade method: fit thresholds on a calibration trace, simulate on any trace, run for real."""
+"""The cascade method (EBJR): a small model answers; a score on its output decides whether the next must look.
+
+``fit`` chooses, on the calibration trace, the chain of paths (every chain ending at the reference
+path, or the given one), the score (among the given ones) and the thresholds: the cheapest
+configuration whose operating point is certified by the shared guarantee. Every configuration is
+tested at delta / K (Bonferroni over the K configurations; fixed-sequence testing within each).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+import itertools
+from typing import Any, Sequence
 
 import numpy as np
-from torch import nn
+import torch
 
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.outcome import Outcome
-from ...runtime.executor import SequentialRuntime, model_stage
-from ...scores import make_score
+from ...evaluate.simulate import oracle, simulate_forced, simulate_sequential, stage_scores, sweep_sequential
+from ...paths import ModulePool
+from ...runtime.base import as_thresholds
+from ...runtime.sequential import SequentialRuntime
+from ...scores import Score, make_score
 from ...trace import Trace
-from .simulate import paired_loss_bound, simulate, stage_scores, sweep
+from ..base import Method, register_method
 
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.1, 10.0, 21))
+ROUTERS = ("energy", "energy+T", "max_softmax", "margin", "entropy", "random")
 
 
-@dataclass
-class Cascade:
+def chains(names: Sequence[str]) -> list[list[str]]:
+    """Every cascade of 2+ stages through ``names`` (cheapest first) that ends at the last (the reference)."""
+    *small, last = names
+    return [[*combo, last] for k in range(1, len(small) + 1) for combo in itertools.combinations(small, k)]
+
+
+@register_method("cascade")
+class Cascade(Method):
     """A P-stage cascade (EBJR): stage p keeps a sample when its score reaches threshold p.
 
-    Settings (stored as given; learning happens in :meth:`fit`):
-        stages: path names in order, cheapest first; the last answers whatever is left.
-        score: registry name of the score (``energy``, ``max_softmax``, ``margin``, ``entropy``, ``random``).
-        score_params: settings of the score (e.g. ``{"temperature": 2.0}``).
-        fit_temperature: for ``energy``: choose the temperature on the calibration trace too.
-        tolerance: accuracy the cascade may lose against the last stage (0.001 = 0.1 points).
-        target_accuracy: fixed accuracy target instead of ``last stage - tolerance``.
-        budget_flops: instead of an accuracy target, the most accurate point within this mean FLOPs.
-        confidence: the target must hold on the calibration split with this one-sided confidence
-            (paired normal bound on the loss against the last stage, or a binomial-normal bound on
-            an absolute ``target_accuracy``). 0.5 accepts any point whose calibration accuracy
-            meets the target, which overfits the calibration split when many points are compared.
+    Args:
+        stages: path names in order, cheapest first, ending at the reference; None: every chain through
+            the trace's paths that ends at its last path, the cheapest certified one is chosen.
+        scores: routers to choose among: ``energy`` (EBJR's -F), ``energy+T`` (energy with its temperature
+            chosen on calibration among ``temperatures``; each temperature counts as a configuration),
+            ``max_softmax``, ``margin``, ``entropy``, ``random`` (a baseline).
+        temperatures: candidate temperatures of ``energy+T``.
+        tolerance: accuracy the cascade may lose against the reference path (0.001 = 0.1 points).
+        confidence: probability that the loss stays within ``tolerance`` (the shared guarantee).
+        bound: p-values of the guarantee, ``clt`` or ``wsr``.
         grid: score quantiles per stage for cascades of three or more stages.
+        seed: seed of the ``random`` router.
 
-    Fitted attributes: ``score_``, ``thresholds_``, ``target_``, ``calib_point_`` (accuracy, flops).
+    Fitted attributes: ``stages_``, ``router_``, ``score_``, ``knob_`` (thresholds), ``operating_point_``,
+    ``calib_curve_``, ``configurations_`` (every configuration on calibration), ``flops_``.
     """
 
-    stages: Sequence[str]
-    score: str = "energy"
-    score_params: Mapping = field(default_factory=dict)
-    fit_temperature: bool = False
-    tolerance: float = 0.001
-    target_accuracy: float | None = None
-    budget_flops: float | None = None
-    confidence: float = 0.95
-    grid: int = 40
-    temperatures: Sequence[float] = DEFAULT_TEMPERATURES
+    path_kind = "pool"
+    knob_direction = 1
 
-    def __post_init__(self) -> None:
-        if len(self.stages) < 2:
-            raise ConfigError(f"a cascade needs at least 2 stages, got {list(self.stages)}")
-        if self.fit_temperature and self.score != "energy":
-            raise ConfigError("fit_temperature applies to the energy score only")
-        make_score(self.score, **dict(self.score_params))  # fail early on bad settings
-        if not 0.5 <= self.confidence < 1:
-            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
+    def __init__(self, *, stages: Sequence[str] | None = None,
+                 scores: Sequence[str] = ("energy", "max_softmax", "margin", "entropy"),
+                 temperatures: Sequence[float] = DEFAULT_TEMPERATURES, tolerance: float = 0.001,
+                 confidence: float = 0.95, bound: str = "clt", grid: int = 40, seed: int = 0) -> None:
+        self.stages = stages
+        self.scores = scores
+        self.temperatures = temperatures
+        self.tolerance = tolerance
+        self.confidence = confidence
+        self.bound = bound
+        self.grid = grid
+        self.seed = seed
+        if stages is not None and (isinstance(stages, str) or len(stages) < 2 or len(set(stages)) != len(stages)):
+            raise ConfigError(f"stages must be 2 or more distinct path names, got {stages!r}")
+        if isinstance(scores, str) or not scores or any(s not in ROUTERS for s in scores):
+            raise ConfigError(f"scores must be a non-empty list of routers from {list(ROUTERS)}, got {scores!r}")
+        if "energy+T" in scores and (not temperatures or any(not (isinstance(t, (int, float)) and t > 0)
+                                                             for t in temperatures)):
+            raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")
+        self._check_guarantee(tolerance, confidence, bound)
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+            raise ConfigError(f"grid must be an integer >= 2 (score quantiles per stage), got {grid!r}")
 
-    @property
-    def label(self) -> str:
-        return self.score + ("+T" if self.fit_temperature else "")
+    # ------------------------------------------------------------------ fitting
+    def _variants(self, router: str) -> list[Score]:
+        if router == "energy+T":
+            return [make_score("energy", temperature=float(t)) for t in self.temperatures]
+        if router == "random":
+            return [make_score("random", seed=self.seed)]
+        return [make_score(router)]
 
-    def _check(self, trace: Trace) -> Trace:
-        missing = [s for s in self.stages if s not in trace.paths]
-        if missing:
-            raise TraceError(f"trace has no paths {missing}; it has {trace.paths}")
-        return trace.select(list(self.stages))
-
-    def _feasible(self, curve: Curve, n: int) -> np.ndarray:
-        """(M,) bool: points that meet the accuracy target with the required confidence."""
-        if self.target_accuracy is None:
-            return paired_loss_bound(curve, n, self.confidence) <= self.tolerance + 1e-12
-        from scipy.stats import norm
-
-        acc = curve.accuracy
-        return acc - norm.ppf(self.confidence) * np.sqrt(acc * (1 - acc) / n) >= self.target_accuracy - 1e-12
-
-    def _choose(self, curve: Curve, n: int) -> tuple[int, bool]:
-        """Index of the chosen point and whether it meets the requirement."""
-        if self.budget_flops is not None:
-            ok = np.flatnonzero(curve.cost <= self.budget_flops)
-            if ok.size == 0:
-                raise ConfigError(f"no operating point within {self.budget_flops:.3g} FLOPs; "
-                                  f"the cheapest costs {curve.cost.min():.3g}")
-            return int(ok[np.lexsort((curve.cost[ok], -curve.accuracy[ok]))[0]]), True
-        ok = np.flatnonzero(self._feasible(curve, n))
-        if ok.size == 0:
-            return int(np.argmax(curve.accuracy)), False
-        return int(ok[np.lexsort((-curve.accuracy[ok], curve.cost[ok]))[0]]), True
-
-    def fit(self, calib: Trace) -> "Cascade":
-        """Choose the score settings and thresholds on the calibration trace."""
-        tr = self._check(calib)
-        self.target_ = (self.target_accuracy if self.target_accuracy is not None
-                        else tr.accuracy(len(tr.paths) - 1) - self.tolerance)
-        candidates = ([make_score("energy", temperature=t) for t in self.temperatures] if self.fit_temperature
-                      else [make_score(self.score, **dict(self.score_params))])
-        best = None
-        for sc in candidates:
-            curve = sweep(tr, sc, grid=self.grid)
-            i, ok = self._choose(curve, tr.n)
-            key = (-curve.accuracy[i], curve.cost[i]) if self.budget_flops is not None else \
-                (not ok, curve.cost[i], -curve.accuracy[i])
-            if best is None or key < best[0]:
-                best = (key, sc, curve, i)
-        _, self.score_, curve, i = best
-        self.thresholds_ = tuple(float(v) for v in curve.settings[i])
-        self.calib_point_ = {"accuracy": float(curve.accuracy[i]), "flops": float(curve.cost[i]),
-                             "reach": curve.extra["reach"][i].tolist(),
-                             "meets_target": bool(not best[0][0]) if self.budget_flops is None else True,
-                             "loss_bound": float(paired_loss_bound(curve, tr.n, self.confidence)[i])}
+    def fit(self, calib: Trace, **kwargs: Any) -> "Cascade":
+        """Choose chain, score and thresholds on the calibration trace (see the module doc)."""
+        if kwargs:
+            raise ConfigError(f"Cascade.fit takes no options, got {sorted(kwargs)}")
+        candidates = [list(self.stages)] if self.stages is not None else chains(calib.paths)
+        if not candidates:
+            raise TraceError(f"a cascade needs at least two paths; the trace has {calib.paths}")
+        K = len(candidates) * sum(len(self._variants(r)) for r in self.scores)
+        rows, best = [], None
+        for chain in candidates:
+            tr = _select(calib, chain)
+            for router in self.scores:
+                for score in self._variants(router):
+                    curve = sweep_sequential(tr, score, grid=self.grid, label=router)
+                    op = self._choose(curve, tr.n, reference=chain[-1], configurations=K)
+                    rows.append({"chain": chain, "router": router, "score": score.label, "score_name": score.name,
+                                 "score_params": dict(score.params), "certified": op.certified,
+                                 "calib_accuracy": op.calib_accuracy, "calib_flops": op.calib_flops,
+                                 "thresholds": [float(v) for v in curve.settings[op.index]]})
+                    key = (not op.certified, op.calib_flops, -op.calib_accuracy)
+                    if best is None or key < best[0]:
+                        best = (key, chain, router, score, curve, op)
+        _, chain, router, score, curve, op = best  # type: ignore[misc]
+        self.stages_ = list(chain)
+        self.router_ = router
+        self.score_ = score
+        self.calib_curve_ = curve
+        self.operating_point_ = op
+        self.configurations_ = rows
+        self.flops_ = [float(c.flops) for c in _select(calib, chain).costs]
+        self.knob_ = self.check_knob(curve.settings[op.index])
         return self
 
-    def _fitted(self) -> None:
-        if not hasattr(self, "thresholds_"):
-            raise ConfigError("call fit(calibration_trace) first")
+    # ------------------------------------------------------------------ protocol
+    def check_knob(self, value: Any) -> tuple[float, ...]:
+        self._check_stages()
+        return as_thresholds(value, len(self.stages_) - 1)
 
-    def simulate(self, trace: Trace, thresholds: Sequence[float] | None = None) -> Outcome:
-        """The cascade's outcome on ``trace`` (fitted thresholds unless given)."""
-        self._fitted()
-        return simulate(self._check(trace), self.score_, self.thresholds_ if thresholds is None else thresholds)
+    def _check_stages(self) -> None:
+        if not hasattr(self, "stages_"):
+            self.check_fitted()
+
+    def simulate_forced(self, trace: Trace, path: str) -> Outcome:
+        self.check_fitted()
+        return simulate_forced(_select(trace, self.stages_), self.stages_.index(path), sequential=True)
+
+    def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
+        """The cascade's outcome on ``trace`` at ``knob`` (default: the fitted thresholds)."""
+        t = self._knob(knob)
+        return simulate_sequential(_select(trace, self.stages_), self.score_, t)
 
     def curve(self, trace: Trace) -> Curve:
-        """Every operating point of this cascade's score on ``trace``."""
-        sc = self.score_ if hasattr(self, "score_") else make_score(self.score, **dict(self.score_params))
-        return sweep(self._check(trace), sc, grid=self.grid, label=self.label)
+        """Every operating point of the fitted chain and score on ``trace``."""
+        self.check_fitted()
+        return sweep_sequential(_select(trace, self.stages_), self.score_, grid=self.grid, label=self.router_)
 
     def scores_on(self, trace: Trace) -> np.ndarray:
-        self._fitted()
-        return stage_scores(self._check(trace), self.score_)
+        """(P-1, N) the fitted score of every stage but the last on ``trace``."""
+        self.check_fitted()
+        return stage_scores(_select(trace, self.stages_), self.score_)
 
-    def runtime(self, models: Mapping[str, nn.Module], *, input_shape=None, device="cpu",
-                stage_flops: Sequence[float] | None = None) -> SequentialRuntime:
-        """A :class:`SequentialRuntime` running ``models`` (by stage name) at the fitted thresholds."""
-        self._fitted()
-        missing = [s for s in self.stages if s not in models]
-        if missing:
-            raise ConfigError(f"no model given for stages {missing}")
-        return SequentialRuntime([model_stage(models[s].to(device)) for s in self.stages], self.score_,
-                                 self.thresholds_, stage_flops=stage_flops, input_shape=input_shape, device=device)
+    def oracle(self, trace: Trace) -> Outcome:
+        self.check_fitted()
+        return oracle(_select(trace, self.stages_))
+
+    def runtime(self, paths: ModulePool, *, device: str | torch.device | None = None) -> SequentialRuntime:
+        """A :class:`SequentialRuntime` over the chain's modules at the fitted thresholds (its knob stays settable)."""
+        self.check_fitted()
+        if not isinstance(paths, ModulePool):
+            raise ConfigError(f"a cascade runs on a module pool, got {type(paths).__name__}")
+        pool = paths.subset(self.stages_)
+        if device is not None:
+            pool.to(device)
+        return SequentialRuntime(pool.stages(), self.score_, self.knob_, paths=self.stages_, stage_flops=self.flops_,
+                                 input_shape=paths.input_shape, device=device or pool.device)
+
+    # ------------------------------------------------------------------ storage
+    def _state(self) -> tuple[dict, dict]:
+        state, tensors = super()._state()
+        state.update({"stages_": self.stages_, "router_": self.router_, "score_": self.score_.name,
+                      "score_params_": self.score_.params, "configurations_": self.configurations_,
+                      "flops_": self.flops_})
+        return state, tensors
+
+    def _set_state(self, state: dict, tensors: dict) -> None:
+        self.stages_ = list(state["stages_"])
+        self.router_ = state["router_"]
+        self.score_ = make_score(state["score_"], **state["score_params_"])
+        self.configurations_ = state["configurations_"]
+        self.flops_ = [float(v) for v in state["flops_"]]
+        super()._set_state(state, tensors)
+
+
+def _select(trace: Trace, chain: Sequence[str]) -> Trace:
+    missing = [s for s in chain if s not in trace.paths]
+    if missing:
+        raise TraceError(f"trace has no paths {missing}; it has {trace.paths}")
+    return trace.select(list(chain))
+

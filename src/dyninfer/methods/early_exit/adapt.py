@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...scores import make_score
-from ...train.trainer import model_device
-from .network import EarlyExitNetwork
+from ...runtime.cost import model_device
+from ...models.exits import EarlyExitNetwork
 
 
 LR_SCALES = ("none", "input-norm")

@@ -1,15 +1,15 @@
-"""The early-exit report folder: ``results.json``, ``REPORT.md`` (Table 1 in the paper's shape, targets,
-specialisation, calibration, exit distribution) and PNG plots, written atomically as one folder."""
+"""The early-exit figures as report sections: Table 1 in the paper's shape, targets, specialisation,
+calibration and exit distribution, with their PNG plots (written by the shared report writer)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ...io import _json_default, atomic_dir
+from ...report.plots import pyplot, save
+from ...report.writer import Section
 
 
 def _pct(v: float | None) -> str:
@@ -22,26 +22,30 @@ def _ms(m: float | None, s: float | None = None) -> str:
     return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
 
 
-def markdown(res: dict, command: str = "") -> str:
-    """The Markdown report of a benchmark result dict."""
-    cfg = res["config"]
+def sections(res: dict) -> list[Section]:
+    """The figures of :func:`dyninfer.methods.early_exit.figures.make` as report sections."""
+    body = markdown(res)
+    head, rest = body.split("\n## Test-time specialisation\n", 1)
+    plots = {name: (lambda path, draw=draw: draw(res, path)) for name, draw in _plot_writers(res).items()}
+    return [Section("early_exit", "Early exits: Table 1 and targets", head, res,
+                    {k: v for k, v in plots.items() if not k.startswith("figure4")}),
+            Section("specialisation", "Test-time specialisation", rest, {},
+                    {k: v for k, v in plots.items() if k.startswith("figure4")})]
+
+
+def markdown(res: dict) -> str:
+    """The Markdown of the early-exit figures (Table 1 first; specialisation after its own heading)."""
     m = res["model"]
     P = len(res["exit_names"])
-    lines = [f"# Early exits with test-time specialisation — {cfg['dataset']}, preset {cfg['preset']}", ""]
-    if command:
-        lines += ["Command:", "", f"    {command}", ""]
-    lines += [f"Model `{m['model']}` ({m['training']} training, {m['flops'] / 1e6:.2f} MFLOPs, {m['params']} parameters, "
+    lines = [f"Model `{m['model']}` ({m['training']} training, {m['flops'] / 1e6:.2f} MFLOPs, {m['params']} parameters, "
               f"trained in {m['train_seconds']:.0f} s); exit test accuracies "
-              f"{', '.join(f'{a:.4f}' for a in m['exit_test_accuracy'])}. Seed {cfg['seed']}. "
-              f"Machine: {res['machine_start']['cpu_count']} CPUs, {res['machine_start']['torch_threads']} torch thread(s) "
-              f"while timing, load average at start {res['machine_start']['load_average_1_5_15'][0]:.1f} "
-              f"(other jobs shared the CPU). Total run {res['seconds']:.0f} s.", "",
-              "## Table 1 (test split)", "",
+              f"{', '.join(f'{a:.4f}' for a in m['exit_test_accuracy'])}. Timed with {res['threads']} torch thread(s).",
+              "", "### Table 1 (test split)", "",
               "Batch-1 latency: *measured* — fixed exits and thresholds: mean ± std over the first "
-              f"{res['config']['preset_settings']['latency_samples']} test images, each run alone through the runtime "
+              f"{res['budget']['latency_samples']} test images, each run alone through the runtime "
               "(median of 3 runs per image); baseline: mean ± std over interleaved timed calls on one image. "
               "*Exit model*: every test image charged the median batch-1 latency of its exit from interleaved calls "
-              f"(± spread from the inter-quartile range). Clock: {res['config']['clock']} "
+              f"(± spread from the inter-quartile range). Clock: {res['clock']} "
               "(cpu = CPU time of the one timing thread). "
               "Batched: the runtime over the whole test split, ms per image.", "",
               "| Model | Setting | Latency batch 1 (ms) | Exit model (ms) | Batched (ms/img) | MFLOPs | Accuracy |",
@@ -54,13 +58,13 @@ def markdown(res: dict, command: str = "") -> str:
         mf = "" if r.get("mflops") is None else f"{r['mflops']:.2f}"
         lines.append(f"| {kind} | {r['setting']} | {_ms(r['lat1_ms'], r['lat1_std_ms'])} | {model_lat} | "
                      f"{r['batched_ms_per_image']:.4f} | {mf} | {100 * r['accuracy']:.2f}% |")
+    mism = {k: [v["pred_mismatch"], v["path_mismatch"]] for k, v in res["table1"]["runtime_matches_trace"].items()}
     lines += ["", f"Trace simulation vs batched runtime (mismatching predictions / exits per threshold): "
-              f"{json.dumps(res['table1']['runtime_matches_trace'])}. Baseline predictions equal the last exit's: "
-              f"{res['baseline_equals_last_exit']}. Calibrated threshold (cheapest uniform threshold within 1 point of "
-              f"the last exit on the calibration split): {json.dumps(res['calibrated_policy'])}.", ""]
+              f"{json.dumps(mism)}. The calibrated row is the operating point of the shared guarantee: thresholds "
+              f"{[round(v, 4) for v in res['calibrated_knob']]}.", ""]
     t = res["targets"]
     a, o = t["t1_accuracy_at_0.9_vs_final"], t["t2_head_overhead"]
-    lines += ["## Targets", "",
+    lines += ["### Targets", "",
               "| Target | Measured | Met |", "|---|---|---|",
               f"| Threshold 0.9 within 1 point of the final exit at >= 30% lower latency | accuracy {100 * a['accuracy_0.9']:.2f}% vs "
               f"{100 * a['accuracy_final_exit']:.2f}% (gap {a['gap_points']:.2f} points); latency (exit model) "
@@ -74,7 +78,13 @@ def markdown(res: dict, command: str = "") -> str:
               f"{o['runtime_last_exit_median_ms']:.3f} ms vs baseline as one runtime stage {o['runtime_baseline_median_ms']:.3f} ms: "
               f"{o['overhead_runtime_pct']:+.2f}% (means {o['overhead_runtime_means_pct']:+.2f}%); runtime vs plain baseline "
               f"{o['overhead_runtime_vs_plain_baseline_pct']:+.2f}%{_paired(o)} | heads: {'yes' if o['met_heads'] else 'no'}; "
-              f"with runtime decisions: {'yes' if o['met_runtime'] else 'no'} |"]
+              f"with runtime decisions: {'yes' if o['met_runtime'] else 'no'} |",
+              f"| The runtime at the reference knob (earlier exits off) costs at most 3% more than the plain network | "
+              f"{o['runtime_reference_median_ms']:.3f} vs {o['baseline_median_ms']:.3f} ms: "
+              f"{o['overhead_reference_runtime_vs_plain_pct']:+.2f}%; paired "
+              f"{o['paired_reference_runtime_vs_plain']['pct']:+.2f}% [{o['paired_reference_runtime_vs_plain']['ci_low_pct']:+.2f}, "
+              f"{o['paired_reference_runtime_vs_plain']['ci_high_pct']:+.2f}] | "
+              f"{'yes' if o['overhead_reference_runtime_vs_plain_pct'] <= 3 else 'no'} |"]
     for e in res["specialisation"]:
         tg = e["target"]
         per = ", ".join(_pct(v) if v == v else "not reached" for v in tg.get("latency_reduction_per_stream", []))
@@ -119,7 +129,7 @@ def markdown(res: dict, command: str = "") -> str:
                          f"{100 * b['other']['accuracy'][i]:.2f} | {100 * a2['other']['accuracy'][i]:.2f} | "
                          f"{b['other']['latency_ms'][i]:.3f} | {a2['other']['latency_ms'][i]:.3f} |")
     for sub, sel in (res.get("selection") or {}).items():
-        lines += ["", f"## Choosing the setting for {sub}: {sel['folds']}-fold cross-validation on the calibration split",
+        lines += ["", f"### Choosing the setting for {sub}: {sel['folds']}-fold cross-validation on the calibration split",
                   "", f"The test split is not used. Each fold adapts on {min(sel['stream_images_per_fold'])}-"
                   f"{max(sel['stream_images_per_fold'])} subset calibration images and holds out the rest; the "
                   f"{sel['held_out_images']} held-out images are pooled (each judged once, by heads that never saw it) "
@@ -134,22 +144,21 @@ def markdown(res: dict, command: str = "") -> str:
                          f"{'yes' if r['eligible'] else 'no'} | {'**yes**' if r['label'] == sel['chosen'] else ''} |")
     with_ece = [e for e in res["specialisation"] if "ece" in e]
     if with_ece:
-        lines += ["", "## Calibration after adaptation (ECE per exit, test split, first stream)", "",
+        lines += ["", "### Calibration after adaptation (ECE per exit, test split, first stream)", "",
                   "| Subset | Setting | Subset images before | after | Other classes before | after |", "|---|---|---|---|---|---|"]
         for e in with_ece:
             f = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
             lines.append(f"| {e['subset']} | {_label(e)} | {f(e['ece']['subset_before'])} | {f(e['ece']['subset_after'])} | "
                          f"{f(e['ece']['other_before'])} | {f(e['ece']['other_after'])} |")
-    lines += ["", "## Calibration per exit (test split, max softmax)", "", "| Exit | Accuracy | Mean confidence | ECE |",
+    lines += ["", "### Calibration per exit (test split, max softmax)", "", "| Exit | Accuracy | Mean confidence | ECE |",
               "|---|---|---|---|"]
     for c in res["calibration"]:
         lines.append(f"| {c['exit']} | {100 * c['accuracy']:.2f}% | {100 * c['mean_confidence']:.2f}% | {c['ece']:.4f} |")
-    lines += ["", "## Exit distribution (share of test images per exit)", "",
+    lines += ["", "### Exit distribution (share of test images per exit)", "",
               "| Setting | " + " | ".join(res["exit_names"]) + " |", "|---|" + "---|" * P]
     for r in res["table1"]["rows"]:
         if r["kind"] == "threshold":
             lines.append(f"| threshold {r['setting']} | " + " | ".join(f"{100 * v:.1f}%" for v in r["exit_share"]) + " |")
-    lines += ["", "Plots: `figure4_<subset>_<setting>.png`, `exit_distribution.png`, `reliability.png`, `table1_tradeoff.png`.", ""]
     return "\n".join(lines)
 
 
@@ -168,31 +177,33 @@ def _label(e: dict) -> str:
     return label + (", chosen by cross-validation" if e.get("selected") else "")
 
 
-def plots(res: dict, folder: Path) -> list[str]:
-    """Write the PNG plots into ``folder``; returns their file names."""
-    import matplotlib
+def _plot_writers(res: dict) -> dict:
+    """File name -> ``draw(res, path)`` for every plot of the early-exit figures."""
+    out = {f"figure4_{e['subset']}_{e.get('slug') or 'lr' + format(e['config']['lr'], 'g')}.png":
+           (lambda r, path, e=e: _figure4(e, path)) for e in res["specialisation"]}
+    out.update({"exit_distribution.png": _exit_distribution, "reliability.png": _reliability,
+                "table1_tradeoff.png": _table1_tradeoff})
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    names = []
-    for e in res["specialisation"]:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for g, colour in (("subset", "tab:green"), ("other", "tab:red")):
-            for phase, style in (("before", "-"), ("after", ":")):
-                c = e[phase][g]
-                ax.plot(c["latency_ms"], 100 * np.asarray(c["accuracy"]), style, color=colour, marker="o", ms=3,
-                        label=f"{'subset' if g == 'subset' else 'other classes'}, {phase}")
-        ax.set_xlabel("mean latency, batch 1 (ms; exit model)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{e['subset']} {e['class_names']}, {_label(e)}\nthresholds 0.50-0.95", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        name = f"figure4_{e['subset']}_{e.get('slug') or 'lr' + format(e['config']['lr'], 'g')}.png"
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=120)
-        plt.close(fig)
-        names.append(name)
+def _figure4(e: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for g, colour in (("subset", "tab:green"), ("other", "tab:red")):
+        for phase, style in (("before", "-"), ("after", ":")):
+            c = e[phase][g]
+            ax.plot(c["latency_ms"], 100 * np.asarray(c["accuracy"]), style, color=colour, marker="o", ms=3,
+                    label=f"{'subset' if g == 'subset' else 'other classes'}, {phase}")
+    ax.set_xlabel("mean latency, batch 1 (ms; exit model)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{e['subset']} {e['class_names']}, {_label(e)}\nthresholds 0.50-0.95", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def _exit_distribution(res: dict, path: Path) -> None:
+    plt = pyplot()
     rows = [r for r in res["table1"]["rows"] if r["kind"] == "threshold"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bottom = np.zeros(len(rows))
@@ -204,10 +215,11 @@ def plots(res: dict, folder: Path) -> list[str]:
     ax.set_ylabel("share of test images (%)")
     ax.legend(fontsize=8)
     ax.set_title("exit distribution")
-    fig.tight_layout()
-    fig.savefig(folder / "exit_distribution.png", dpi=120)
-    plt.close(fig)
-    names.append("exit_distribution.png")
+    save(fig, path)
+
+
+def _reliability(res: dict, path: Path) -> None:
+    plt = pyplot()
     cal = res["calibration"]
     fig, axes = plt.subplots(1, len(cal), figsize=(3 * len(cal), 3.2), squeeze=False)
     for ax, c in zip(axes[0], cal):
@@ -221,10 +233,11 @@ def plots(res: dict, folder: Path) -> list[str]:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("accuracy")
-    fig.tight_layout()
-    fig.savefig(folder / "reliability.png", dpi=120)
-    plt.close(fig)
-    names.append("reliability.png")
+    save(fig, path)
+
+
+def _table1_tradeoff(res: dict, path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for kind, mk in (("fixed exit", "s"), ("threshold", "o"), ("baseline", "*")):
         rr = [r for r in res["table1"]["rows"] if r["kind"] == kind]
@@ -236,19 +249,4 @@ def plots(res: dict, folder: Path) -> list[str]:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "table1_tradeoff.png", dpi=120)
-    plt.close(fig)
-    names.append("table1_tradeoff.png")
-    return names
-
-
-def write_report(res: dict, folder: str | os.PathLike, command: str = "") -> Path:
-    """Write ``results.json``, ``REPORT.md`` and the plots to ``folder`` (replaced whole, atomically)."""
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        res = dict(res, command=command)
-        res["plots"] = plots(res, tmp)
-        (tmp / "results.json").write_text(json.dumps(res, indent=1, default=_json_default) + "\n")
-        (tmp / "REPORT.md").write_text(markdown(res, command))
-    return folder
+    save(fig, path)

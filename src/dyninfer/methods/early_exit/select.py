@@ -22,6 +22,7 @@ room for the difference between calibration and test data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,13 +30,13 @@ import torch
 
 from ...data.datasets import Split
 from ...errors import ConfigError
+from ...models.exits import EarlyExitNetwork
+from ...paths import StagedNetwork
 from ...runtime.cost import PathCost
 from ...scores import Score
 from ...trace import Trace
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
 from .evaluation import FINE_THRESHOLDS, SEARCH_THRESHOLDS, hull_latency_to_reach, params_digest, subset_curves
-from .method import record_exit_trace
-from .network import EarlyExitNetwork
 from .streams import class_mask
 
 # Step sizes tried by default: the paper's and two larger plain-SGD rates, and normalised steps
@@ -64,17 +65,32 @@ def fold_indices(labels: np.ndarray, classes: Sequence[int], folds: int, seed: i
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def record_exit_trace(net: EarlyExitNetwork, split: Split, costs: Sequence[PathCost]) -> Trace:
+    """Every exit's logits on ``split`` with the given costs."""
+    return StagedNetwork(net).record(split, costs=costs)
+
+
 def _pool(traces: Sequence[Trace]) -> Trace:
     t0 = traces[0]
     return Trace(list(t0.paths), np.concatenate([t.logits for t in traces], axis=1),
                  np.concatenate([t.labels for t in traces]), list(t0.costs), dict(t0.meta))
 
 
+@dataclass(frozen=True)
+class SelectConfig:
+    """How :func:`select_adaptation` cross-validates."""
+
+    folds: int = 5                    # each fold's stream holds (folds-1)/folds of the subset's images
+    other_limit: int | None = 3000    # calibration images of the other classes judged (a fixed random sample)
+    max_other_drop: float = 0.25      # largest drop (points) of the other classes' accuracy allowed
+    seed: int = 0                     # folds, stream orders, the other-class sample
+    prefetch: int = 256               # see TestTimeSpecializer.adapt (a speed-up; 1 replays exactly as deployed)
+
+
 def select_adaptation(net: EarlyExitNetwork, calib: Split, classes: Sequence[int],
                       candidates: Sequence[SpecializeConfig | str], *, costs: Sequence[PathCost],
-                      exit_ms: Sequence[float], score: Score, folds: int = 5, other_limit: int | None = 3000,
-                      max_other_drop: float = 0.25, seed: int = 0, prefetch: int = 256, progress: bool = False,
-                      log: Callable[[str], None] = print, **defaults) -> dict:
+                      exit_ms: Sequence[float], score: Score, config: SelectConfig = SelectConfig(),
+                      progress: bool = False, log: Callable[[str], None] = print, **defaults) -> dict:
     """Cross-validate adaptation settings on the calibration split (see the module docstring).
 
     Args:
@@ -85,11 +101,7 @@ def select_adaptation(net: EarlyExitNetwork, calib: Split, classes: Sequence[int
         costs: per-exit costs (for the traces).
         exit_ms: batch-1 latency of leaving at each exit (the latency model of the curves).
         score: exit score of the curves.
-        folds: cross-validation folds; each fold's stream holds (folds-1)/folds of the subset's images.
-        other_limit: calibration images of the other classes judged (a fixed random sample; None: all).
-        max_other_drop: largest drop (points) of the other classes' accuracy at the highest threshold allowed.
-        seed: folds, stream orders and the other-class sample.
-        prefetch: see :meth:`TestTimeSpecializer.adapt` (a speed-up; 1 replays exactly as deployed).
+        config: folds, the other-class sample and its allowed drop, seed, prefetch (:class:`SelectConfig`).
         defaults: settings applied to string candidates (e.g. ``threshold``, ``batch_size``).
 
     Returns:
@@ -98,6 +110,8 @@ def select_adaptation(net: EarlyExitNetwork, calib: Split, classes: Sequence[int
     Raises:
         ConfigError: no candidates, bad folds, or a class too small for the folds.
     """
+    folds, other_limit, max_other_drop, seed, prefetch = (config.folds, config.other_limit, config.max_other_drop,
+                                                          config.seed, config.prefetch)
     cands = [c if isinstance(c, SpecializeConfig) else parse_adaptation(c, **defaults) for c in candidates]
     if not cands:
         raise ConfigError("no adaptation candidates to select from")

@@ -1,17 +1,15 @@
-"""The backbone-selection report: JSON, Markdown tables (paper Table 1, ablations, manager) and PNG plots.
-
-Everything lands in one folder written atomically (the old report or the complete new one).
-"""
+"""The selection figures as report sections: target figures, Table 1 run for real, the lambda sweep,
+ablations, routing, overhead and the backbone manager, with their PNG plots."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ...evaluate.frontier import upper_hull
-from ...io import atomic_dir, write_json
+from ...report.plots import pyplot, save
+from ...report.writer import Section
 
 
 def _pct(v: float) -> str:
@@ -20,10 +18,7 @@ def _pct(v: float) -> str:
 
 def plot_accuracy_latency(res: dict, path: Path) -> None:
     """Accuracy vs mean time per image on the test split: static points and hull, oracle, policies, ablations."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = res["paths"]
     st = np.array([res["backbones"][n]["time_per_image_s"] for n in names]) * 1e6
     sa = np.array([res["backbones"][n]["test_accuracy"] for n in names]) * 100
@@ -53,24 +48,19 @@ def plot_accuracy_latency(res: dict, path: Path) -> None:
     ax.scatter([rd["time_per_image_s"] * 1e6], [rd["accuracy"] * 100], marker="x", c="tab:brown", zorder=6,
                label="random policy (same shares)")
     ax.set_xscale("log")
-    ax.set_xlabel("mean time per image (us, batch %d, log scale)" % res["config"]["serving_batch"])
+    ax.set_xlabel("mean time per image (us, batch %d, log scale)" % res["serving_batch"])
     ax.set_ylabel("test accuracy (%)")
     lo = min(sa.min(), min(r["test"]["accuracy"] for rows in res["curves"].values() for r in rows) * 100)
     ax.set_ylim(lo - 0.5, max(oy.max(), sa.max()) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{res['dataset']['dataset']}: adaptive backbone selection vs static backbones")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    ax.set_title("adaptive backbone selection vs static backbones (test)")
+    save(fig, path)
 
 
 def plot_routing(res: dict, path: Path) -> None:
     """Share of test images sent to each backbone per complexity-score bin (chosen policy)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     bins = res["routing"]["bins"]
     names = res["paths"]
     share = np.array([b["share"] for b in bins])  # (B, P)
@@ -92,27 +82,27 @@ def plot_routing(res: dict, path: Path) -> None:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
-def markdown(res: dict, command: str = "") -> str:
-    """The report's text: target figures, Table 1, lambda sweep, ablations, routing, overhead, manager."""
+def sections(res: dict) -> list[Section]:
+    """The selection figures as one report section with its plots."""
+    return [Section("selection", "Adaptive backbone selection (ABS)", markdown(res), res,
+                    {"selection_accuracy_latency.png": lambda p: plot_accuracy_latency(res, p),
+                     "routing_vs_complexity.png": lambda p: plot_routing(res, p)})]
+
+
+def markdown(res: dict) -> str:
+    """The section's text: target figures, Table 1, lambda sweep, ablations, routing, overhead, manager."""
     f = res["figures"]
     names = res["paths"]
     t1 = res["table1"]
-    L = [f"# Adaptive backbone selection on {res['dataset']['dataset']} (preset {res['config']['preset']})", ""]
-    if command:
-        L += ["Command: `" + command + "`", ""]
-    L += [f"Data: {res['dataset']}. Seed {res['config']['seed']}. torch threads {res['threads']}. "
-          f"Run took {res['seconds']:.0f} s. Versions: {res['versions']}.", "",
-          "Policy and lambda are chosen on the calibration split (lambda: the largest margin above the static hull "
-          "on calibration rows held out from policy training); every figure below is on the test split unless "
-          "labelled. Times per image come from PathCost latencies measured in this run at the serving batch (median of "
-          f"{res['config']['cost_rounds']} interleaved rounds); they also set T_norm in the reward. The adaptive points "
-          "include the measured analyser+policy overhead.", "",
-          "## Target figures", "",
+    L = ["Policy and lambda are chosen on the calibration split (lambda: the largest margin above the static hull "
+         "on calibration rows held out from policy training); every figure below is on the test split unless "
+         "labelled, at cost bias 0 (the trained policy) unless labelled. Times per image come from the path latencies "
+         "measured in this run at the serving batch; they also set T_norm in the reward. The adaptive points include "
+         "the measured analyser+policy overhead.", "",
+         "### Target figures", "",
           "| figure | value | target | met |", "|---|---|---|---|",
           f"| margin above the static hull at the chosen lambda ({f['chosen_lambda']:g}) | {f['test_margin_pts']:+.2f} "
           f"points | > 0 | {'yes' if f['above_static_hull'] else 'no'} |",
@@ -122,7 +112,7 @@ def markdown(res: dict, command: str = "") -> str:
           f"reported | - |",
           f"| largest test margin over all lambdas (not chosen on test) | {f['max_test_margin_over_lambdas_pts']:+.2f} "
           f"points | reported | - |",
-          f"| analyser + policy time / cheapest backbone time per image (batch {res['config']['serving_batch']}) | "
+          f"| analyser + policy time / cheapest backbone time per image (batch {res['serving_batch']}) | "
           f"{f['overhead_pct_of_cheapest']:.2f}% | < 5% | {'yes' if f['overhead_target_met'] else 'no'} |"]
     if "switching_overhead_pct" in f:
         L.append(f"| manager switching overhead, budget = half the pool's bytes ({f['half_budget_pool']}) | "
@@ -130,10 +120,10 @@ def markdown(res: dict, command: str = "") -> str:
         L.append(f"| peak measured bytes vs budget (same run) | {f['half_budget_peak_bytes']} / "
                  f"{f['half_budget_bytes']} "
                  f"| <= budget | {'yes' if f['half_budget_peak_bytes'] <= f['half_budget_bytes'] else 'no'} |")
-    L += ["", f"## Table 1: static backbones and the adaptive system, {t1['n_images']} test images, measured for real",
+    L += ["", f"### Table 1: static backbones and the adaptive system, {t1['n_images']} test images, measured for real",
           "", f"Energy: {t1['energy_source']}. CO2 at {t1['grid_g_per_kwh']:g} gCO2/kWh. Times: median of "
-          f"{res['config']['timing_rounds']} interleaved rounds over the whole test set at batch "
-          f"{res['config']['serving_batch']} (runtime: analyse + choose + group + run via the manager).", "",
+          f"{res['timing_rounds']} interleaved rounds over the whole test set at batch "
+          f"{res['serving_batch']} (runtime: analyse + choose + group + run via the manager).", "",
           "| system | accuracy (%) | time/image (ms) | energy (J) | CO2 (g) | shares | runtime = simulation | "
           "trace-predicted time/image (ms) | margin above the measured static hull (pts) |",
           "|---|---|---|---|---|---|---|---|---|"]
@@ -145,13 +135,13 @@ def markdown(res: dict, command: str = "") -> str:
         marg = f"{100 * r['real_margin']:+.2f}" if "real_margin" in r else "-"
         L.append(f"| {r['system']} | {_pct(r['accuracy'])} | {r['time_per_image_ms']:.4f} | {r['energy_j']:.3f} | "
                  f"{r['co2_g']:.2e} | {sh} | {agree} | {pred} | {marg} |")
-    L += ["", "## Backbones", "", "| backbone | MFLOPs | params | bytes | time/image (us, batch) | batch-1 (ms) | "
+    L += ["", "### Backbones", "", "| backbone | MFLOPs | params | bytes | time/image (us, batch) | batch-1 (ms) | "
           "calib acc (%) | test acc (%) |", "|---|---|---|---|---|---|---|---|"]
     for n in names:
         b = res["backbones"][n]
         L.append(f"| {n} | {b['flops'] / 1e6:.2f} | {b['params']} | {b['bytes']} | {b['time_per_image_s'] * 1e6:.2f} | "
                  f"{b['batch1_ms']:.3f} | {_pct(b['calib_accuracy'])} | {_pct(b['test_accuracy'])} |")
-    L += ["", "## Lambda sweep (trace simulation)", "",
+    L += ["", "### Lambda sweep (trace simulation)", "",
           "| variant | lambda | held-out calib margin (pts) | test acc (%) | test time/image (us) | "
           "test margin (pts) | "
           "oracle share (%) | shares |", "|---|---|---|---|---|---|---|---|"]
@@ -165,7 +155,7 @@ def markdown(res: dict, command: str = "") -> str:
                      f"{100 * t['oracle_share_captured']:.1f} | {'/'.join(f'{s:.2f}' for s in t['share'])} |")
     h = res["heuristic"]["chosen"]
     rd = res["random"]
-    L += ["", "## Ablations (section 4), test split, each chosen on calibration", "",
+    L += ["", "### Ablations (section 4), test split, each chosen on calibration", "",
           "| system | accuracy (%) | time/image (us) | margin above static hull (pts) | oracle share (%) |",
           "|---|---|---|---|---|"]
     for v in res["chosen"]:
@@ -184,7 +174,7 @@ def markdown(res: dict, command: str = "") -> str:
           f"{100 * res['heuristic']['max_test_margin']:+.2f} pts. Random policy's expected accuracy "
           f"{_pct(rd['expected_accuracy'])}% (on the hull's chords by construction). McNemar, chosen policy vs "
           f"random draw: policy-only right {m['a_only']}, random-only right {m['b_only']}, p = {m['pvalue']:.2g}.", "",
-          "## Routing vs complexity score (chosen policy, test split)", "",
+          "### Routing vs complexity score (chosen policy, test split)", "",
           "| score bin | images | " + " | ".join(f"share {n} (%)" for n in names) + f" | {names[0]} error (%) |",
           "|---|---|" + "---|" * len(names) + "---|"]
     for b in res["routing"]["bins"]:
@@ -195,8 +185,8 @@ def markdown(res: dict, command: str = "") -> str:
           f"{ro['spearman_score_vs_backbone']:+.3f} (p = {ro['spearman_pvalue']:.2g}); of score with "
           f"{names[0]} being wrong: {ro['spearman_score_vs_small_model_wrong']:+.3f}. Mean score per chosen backbone: "
           + ", ".join(f"{n} {s:.3f}" for n, s in zip(names, ro["mean_score_per_backbone"])) + ".", "",
-          "## Overhead (seconds per image, median of 3 interleaved rounds)", "",
-          "| measured | batch " + str(res["config"]["serving_batch"]) + " | batch 1 |", "|---|---|---|"]
+          "### Overhead (seconds per image, median of 3 interleaved rounds)", "",
+          "| measured | batch " + str(res["serving_batch"]) + " | batch 1 |", "|---|---|---|"]
     ob, o1 = res["overhead"]["serving_batch"], res["overhead"]["batch1"]
     for k in ob:
         if k.endswith("%"):
@@ -206,7 +196,7 @@ def markdown(res: dict, command: str = "") -> str:
     L += ["", f"FLOPs counted by torch (convolutions and matmuls): analyser + policy "
           f"{res['overhead_flops']['analyser + policy']}, cheapest backbone "
           f"{res['overhead_flops']['cheapest backbone']}.",
-          "", "## Backbone manager", "", f"Pool bytes: {res['manager']['pool_bytes']} "
+          "", "### Backbone manager", "", f"Pool bytes: {res['manager']['pool_bytes']} "
           f"(total {res['manager']['pool_total_bytes']})."]
     if res["manager"].get("half_budget_error"):
         L += ["", f"Half the trained pool's bytes is below its largest backbone, so that budget is refused: "
@@ -233,17 +223,5 @@ def markdown(res: dict, command: str = "") -> str:
               f"the first (cold-start) batch of each stream is excluded; the headline figure is the largest batch."]
     L += ["", "Switching overhead = time the manager spent loading backbones / total wall time of the stream "
           "(first warm-up batch excluded). Peak measured bytes = largest sum of parameter and buffer bytes of "
-          "resident backbones after any load.", "", "## Plots", "", "![accuracy vs latency](accuracy_latency.png)", "",
-          "![routing vs complexity](routing_vs_complexity.png)", ""]
+          "resident backbones after any load."]
     return "\n".join(L)
-
-
-def write_report(res: dict, folder: str | os.PathLike, command: str = "") -> Path:
-    """Write ``results.json``, ``report.md`` and the plots into ``folder`` atomically."""
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        write_json(tmp / "results.json", res)
-        plot_accuracy_latency(res, tmp / "accuracy_latency.png")
-        plot_routing(res, tmp / "routing_vs_complexity.png")
-        (tmp / "report.md").write_text(markdown(res, command))
-    return folder

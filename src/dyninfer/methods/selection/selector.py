@@ -1,33 +1,26 @@
 """The adaptive backbone selector: complexity analyser + shared features + learned policy.
 
-``fit`` trains the policy on a calibration trace of every backbone (plus the calibration images,
-from which the analyser and the features are computed); ``simulate`` evaluates it on any trace in
-milliseconds; :class:`~dyninfer.methods.selection.runtime.SelectionRuntime` runs it for real.
+``fit`` trains the policy for one reward weight lambda on a calibration trace of every backbone
+(plus the calibration images, from which the analyser and the features are computed). The
+``selection`` method (:mod:`.method`) fits one per lambda, simulates them on traces and runs the
+chosen one in the shared up-front runtime.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...errors import ConfigError, TraceError
-from ...evaluate.outcome import Outcome
-from ...io import atomic_path
+from ...errors import ConfigError, NotFittedError, TraceError
 from ...runtime.validate import check_batch
 from ...trace import Trace
-from ...train.checkpoint import read_checkpoint
 from .complexity import ComplexityAnalyser, ComplexityConfig
-from .features import make_features
-from .policy import MODES, PolicyConfig, PolicyNet, TrainHistory, choose, rewards, train_reinforce
-
-FORMAT = "dyninfer-selector-1"
-
+from .features import FEATURES, make_features
+from .policy import PolicyConfig, PolicyNet, rewards, train_reinforce
 
 def time_per_image(trace: Trace, batch: int) -> np.ndarray:
     """(P,) measured seconds per image of every path of ``trace`` at ``batch`` (from its PathCosts)."""
@@ -39,7 +32,6 @@ class SelectorConfig:
     """Settings of a :class:`BackboneSelector` (defaults are what the benchmark runs)."""
 
     lam: float = 0.9               # accuracy weight lambda of the reward (1 - lambda weighs time)
-    mode: str = "greedy"           # "greedy" (argmax pi) or "sampled" (a ~ pi)
     features: str = "pixels"       # shared features: "pixels" (pooled image) or "early-block" (smallest backbone)
     grid: int = 7                  # side of the pooled feature map
     use_features: bool = True      # feed the shared features to the policy
@@ -53,10 +45,12 @@ class SelectorConfig:
             self.complexity = ComplexityConfig(**self.complexity)
         if isinstance(self.policy, dict):
             self.policy = PolicyConfig(**self.policy)
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown selection mode {self.mode!r}; use one of {list(MODES)}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lambda must be in [0, 1], got {self.lam}")
+        if self.features not in FEATURES:
+            raise ConfigError(f"unknown features {self.features!r}; known: {list(FEATURES)}")
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
+            raise ConfigError(f"grid must be a positive integer, got {self.grid!r}")
         if not (self.use_features or self.use_complexity):
             raise ConfigError("the policy needs an input: set use_features or use_complexity")
 
@@ -125,7 +119,7 @@ class BackboneSelector:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "policy_"):
-            raise ConfigError("the selector is not fitted; call fit(calibration_trace, calibration_images) first")
+            raise NotFittedError("the selector is not fitted; call fit(calibration_trace, calibration_images) first")
 
     # ------------------------------------------------------------------ inference
     def to(self, device: str | torch.device) -> "BackboneSelector":
@@ -160,78 +154,6 @@ class BackboneSelector:
         """Policy logits (N, P) for images (N, C, H, W)."""
         self._check_fitted()
         return self.policy_.logits(self.inputs(x.to(self.policy_.mean.device)))
-
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """pi(a|x) (N, P)."""
-        return torch.softmax(self.logits(x), 1)
-
-    def choose(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Backbone index per image (N,), greedy or sampled as configured."""
-        return choose(self.logits(x), self.config.mode, generator).cpu()
-
-    def simulate(self, trace: Trace, x: torch.Tensor, *, choice: np.ndarray | None = None,
-                 generator: torch.Generator | None = None, batch_size: int | None = None) -> Outcome:
-        """What the selector does on ``trace`` (whose images are ``x``), from the recorded logits.
-
-        Args:
-            trace: a trace holding every backbone of ``paths``.
-            x: the trace's images (N, C, H, W).
-            choice: (N,) backbone indices to evaluate instead of the policy's (ablations).
-            generator: RNG for ``mode="sampled"``.
-            batch_size: choose in batches of this size (as the runtime does); None: all at once.
-
-        Returns:
-            an :class:`Outcome` whose ``flops`` are the chosen backbone's FLOPs.
-        """
-        tr = self._trace(trace)
-        if choice is None:
-            if x.shape[0] != tr.n:
-                raise TraceError(f"{x.shape[0]} images for a trace of {tr.n} samples")
-            bs = batch_size or max(tr.n, 1)
-            choice = torch.cat([self.choose(x[i:i + bs], generator) for i in range(0, tr.n, bs)]).numpy()
-        choice = np.asarray(choice, int)
-        flops = np.array([c.flops for c in tr.costs], float)
-        return Outcome(tr.preds[choice, np.arange(tr.n)], choice, flops[choice], tr.labels)
-
-    # ------------------------------------------------------------------ storage
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write settings, fitted normalisation and weights to one file, atomically."""
-        self._check_fitted()
-        payload = {"format": FORMAT, "paths": self.paths, "config": asdict(self.config),
-                   "analyser": self.analyser_.state_dict(), "features": self.features_.state_dict(),
-                   "policy": self.policy_.state_dict(), "in_dim": self.in_dim_, "times": self.times_.tolist(),
-                   "input_shape": list(self.input_shape_)}
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, feature_model: nn.Module | None = None) -> "BackboneSelector":
-        """Read a selector written by :meth:`save`.
-
-        Args:
-            path: the file.
-            feature_model: the smallest backbone, for ``features="early-block"`` (its block weights are
-                then overwritten by the saved ones).
-
-        Raises:
-            CheckpointError: missing, unreadable or not a selector file.
-        """
-        payload = read_checkpoint(path, fmt=FORMAT, what="selector")
-        sel = cls(payload["paths"], SelectorConfig(**payload["config"]))
-        sel.analyser_ = ComplexityAnalyser.from_state_dict(payload["analyser"])
-        sel.features_ = make_features(sel.config.features, sel.config.grid, feature_model).eval()
-        sel.features_.load_state_dict(payload["features"])
-        sel.in_dim_ = int(payload["in_dim"])
-        sel.policy_ = PolicyNet(sel.in_dim_, len(sel.paths), sel.config.policy.hidden)
-        sel.policy_.load_state_dict(payload["policy"])
-        sel.policy_.eval()
-        sel.times_ = np.asarray(payload["times"], float)
-        sel.t_norm_ = sel.times_ / sel.times_.max()
-        sel.input_shape_ = tuple(payload["input_shape"])
-        sel.history_ = TrainHistory()
-        return sel
 
 
 class ScorePolicy:

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...data.datasets import Dataset, Split
-from ...errors import CheckpointError, ConfigError
-from ...io import cache_dir, versions
-from ...models.registry import create_model
-from ...runtime.cost import count_flops, count_params
-from ...train.checkpoint import cache_key, cached_model, load_checkpoint, save_checkpoint
-from ...train.recipe import Recipe
-from ...train.trainer import TrainResult, model_device, train
-from .network import EarlyExitNetwork
+from ..data.datasets import Dataset, Split
+from ..errors import CheckpointError, ConfigError
+from ..io import cache_dir, versions
+from ..models.exits import EarlyExitNetwork
+from ..models.registry import create_model
+from ..runtime.cost import count_flops, count_params, model_device
+from .checkpoint import cache_key, cached_model, load_checkpoint, save_checkpoint
+from .recipe import Recipe
+from .trainer import TrainResult, train
 
 TRAINING_MODES = ("joint", "two-stage")
 
@@ -153,7 +153,7 @@ def fit_early_exit(model_name: str, data: Dataset, recipe: Recipe, *, training: 
         try:
             net, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
             log(f"[cache] {model_name} ({training}): {path} (exit accuracies {meta.get('exit_test_accuracy')})")
-            return net, meta  # type: ignore[return-value]
+            return net, {**meta, "checkpoint": str(path)}  # type: ignore[return-value]
         except CheckpointError as e:
             log(f"[cache] {e}; retraining")
     t0 = time.perf_counter()
@@ -186,4 +186,4 @@ def fit_early_exit(model_name: str, data: Dataset, recipe: Recipe, *, training: 
     save_checkpoint(net, path, meta)
     log(f"[train] {model_name} ({training}): {meta['train_seconds']:.0f} s, exit test accuracies "
         f"{[round(a, 4) for a in meta['exit_test_accuracy']]} -> {path}")
-    return net.eval(), meta
+    return net.eval(), {**meta, "checkpoint": str(path)}

@@ -18,8 +18,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ...errors import CheckpointError, ConfigError, DyninferError
-from ...runtime.cost import model_bytes
+from ..errors import CheckpointError, ConfigError, DyninferError
+from .cost import model_bytes
 from .pool import BackbonePool
 
 

@@ -21,13 +21,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ...errors import CheckpointError, ConfigError
-from ...io import atomic_path
-from ...models.cnn import SmallCNN
-from ...models.tv import TorchvisionBackbone
-from ...registry import Registry
-from ...train.trainer import model_device
-from .network import EarlyExitNetwork
+from ..errors import CheckpointError, ConfigError
+from ..io import read_payload, write_payload
+from ..registry import Registry
+from ..runtime.cost import model_device
+from .cnn import SmallCNN
+from .exits import EarlyExitNetwork
+from .tv import TorchvisionBackbone
 
 Blocks = list[tuple[str, nn.Module]]
 Splitter = Callable[[nn.Module], tuple[Blocks, nn.Module]]
@@ -181,11 +181,8 @@ def attach_exits(backbone: nn.Module, at: Sequence[str], *, head: str = "pool-ml
 def save_exit_heads(net: EarlyExitNetwork, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write the weights of every head but the last (the backbone's own) to ``path`` atomically."""
     path = Path(path)
-    payload = {"format": "dyninfer-exit-heads-1", "exit_names": list(net.exit_names),
-               "heads": net.head_state(range(net.n_exits - 1)), "meta": meta or {}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return write_payload(path, {"format": "dyninfer-exit-heads-2", "exit_names": list(net.exit_names),
+                                "heads": net.head_state(range(net.n_exits - 1)), "meta": meta or {}})
 
 
 def load_exit_heads(net: EarlyExitNetwork, path: str | os.PathLike) -> dict:
@@ -194,9 +191,7 @@ def load_exit_heads(net: EarlyExitNetwork, path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: missing, unreadable, or written for other exit points.
     """
-    from ...train.checkpoint import read_checkpoint
-
-    payload = read_checkpoint(path, fmt="dyninfer-exit-heads-1", what="exit heads file")
+    payload = read_payload(path, fmt="dyninfer-exit-heads-2", what="exit heads file")
     if payload["exit_names"] != list(net.exit_names):
         raise CheckpointError(f"{path} holds heads for exits {payload['exit_names']}, this network has {net.exit_names}")
     try:

@@ -8,14 +8,16 @@ own classifier. The plain ``forward`` is the *baseline*: all segments and the la
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ...runtime.executor import Carry, Stage
-from ...runtime.validate import check_batch
+from ..errors import ConfigError
+from ..runtime.validate import check_batch
+
+Carry = torch.Tensor | tuple[torch.Tensor, ...]
+Stage = Callable[[Carry], tuple[torch.Tensor, Carry]]
 
 
 class EarlyExitNetwork(nn.Module):

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data.datasets import DataSpec
-from ...errors import ConfigError
-from ...models.registry import Normalize, register_backbone
-from .network import EarlyExitNetwork
+from ..data.datasets import DataSpec
+from ..errors import ConfigError
+from .exits import EarlyExitNetwork
+from .registry import Normalize, register_backbone
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...data.datasets import DataSpec
-from ...errors import CheckpointError, ConfigError
-from ...models.registry import create_model, spec_from_dict
-from ...runtime.cost import model_bytes
-from ...train.checkpoint import read_checkpoint, save_checkpoint
+from ..data.datasets import DataSpec
+from ..errors import CheckpointError, ConfigError
+from ..models.registry import create_model, spec_from_dict
+from ..train.checkpoint import read_checkpoint, save_checkpoint
+from .cost import model_bytes
 
 
 @dataclass(frozen=True)

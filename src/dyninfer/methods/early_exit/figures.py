@@ -1,103 +1,111 @@
-"""The early-exit benchmark: train (or reuse) the network, measure Table 1, adapt on class-subset streams,
-measure Figure 4, and check the issue's three targets — all in one run, one report folder."""
+"""The early-exit method's own figures (Leroux et al.): Table 1 measured, the paper's targets, test-time
+specialisation on class-subset streams (Figure 4), the adaptation setting chosen by cross-validation on
+the calibration split, and calibration per exit. Added to the shared report of ``dyninfer run early-exit``."""
 
 from __future__ import annotations
 
-import os
-import platform
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ...data.datasets import load_dataset
+from ...data.datasets import Dataset
 from ...errors import ConfigError
-from ...io import versions
-from ...scores import make_score
-from ...train.trainer import predict_logits
+from ...runtime.cost import CLOCKS, PathCost, paired_overhead, torch_threads
+from ...scores import Score
+from ..base import FIGURES, Figures
 from .adapt import SpecializeConfig, TestTimeSpecializer, parse_adaptation
-from ...runtime.cost import CLOCKS, paired_overhead
-from .evaluation import (CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, calibration,
-                         cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest,
+from .evaluation import (CURVE_THRESHOLDS, FINE_THRESHOLDS, SEARCH_THRESHOLDS, TABLE_THRESHOLDS, ExitBench,
+                         calibration, cheapest_point, hull_latency_to_reach, measure_exit_latencies, params_digest,
                          subset_curves, table1, time_runtime_per_sample)
-from .method import EarlyExit, exit_costs, record_exit_trace, uniform
-from .presets import EE_PRESETS, EarlyExitPreset
-from .select import select_adaptation
+from .method import uniform
+from .report import sections
+from .select import SelectConfig, record_exit_trace, select_adaptation
 from .streams import SUBSETS, class_mask, subset_classes, subset_stream
-from .train import fit_early_exit
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Measurement budget of the early-exit figures per preset (a data table, see :data:`BUDGETS`)."""
+
+    stream_per_class: int = 800   # stream images per subset class for test-time specialisation (paper: 100)
+    latency_repeats: int = 200    # interleaved rounds of the batch-1 latency measurement
+    latency_samples: int = 1000   # test images timed one by one per setting
+
+
+BUDGETS = {"full": Budget(), "quick": Budget(300, 50, 200), "tiny": Budget(30, 5, 20)}
 
 
 @dataclass
-class BenchmarkConfig:
-    """One benchmark run. Unknown keys are errors (dataclass constructor)."""
+class EarlyExitFigures:
+    """Settings of the early-exit figures (unknown keys are errors)."""
 
-    preset: str = "quick"                                   # early-exit preset (quick, full, tiny)
-    dataset: str = "fashion-mnist"                          # dataset registry name
-    data_root: str | None = None                            # dataset folder override
-    seed: int = 0                                           # splits, training, streams
-    score: str = "max_softmax"                              # exit score (the paper's)
-    subsets: Sequence[str] = ()                             # class subsets to adapt on (default: all known)
-    adaptations: Sequence[str] = ("1e-4",)                  # LR[:LR_SCALE[:PASSES]] each, side by side (paper: 1e-4)
-    select_from: Sequence[str] = ()                         # candidates cross-validated on the calibration split
-    select_folds: int = 5                                   # folds of that cross-validation
-    stream_seeds: int = 1                                   # streams drawn per adaptation (figures: mean and spread)
-    adapt_threshold: float = 0.9                            # exit threshold while adapting
-    adapt_batch: int = 1                                    # stream images per head update (paper: 1)
-    training: str | None = None                             # override the preset's training mode
-    clock: str = "cpu"                                      # batch-1 latency clock: cpu (thread CPU time) or wall
-    device: str = "cpu"                                     # torch device
-    progress: bool = True                                   # progress bars
-    extra: dict = field(default_factory=dict)               # free-form notes stored with the results
+    subsets: Sequence[str] = ()                   # class subsets to adapt on (default: all known for the dataset)
+    adaptations: Sequence[str] = ("1e-4",)        # LR[:LR_SCALE[:PASSES]] each, side by side (paper: 1e-4)
+    select_from: Sequence[str] = ()               # candidates cross-validated on the calibration split
+    select_folds: int = 5                         # folds of that cross-validation
+    stream_seeds: int = 1                         # streams drawn per adaptation (figures: mean and spread)
+    adapt_threshold: float = 0.9                  # exit threshold while adapting
+    adapt_batch: int = 1                          # stream images per head update (paper: 1)
+    clock: str = "cpu"                            # batch-1 clock: cpu (thread CPU time) or wall
+    threads: int = 1                              # torch threads while measuring (restored after)
+    budget: dict = field(default_factory=dict)    # overrides of the preset's Budget fields
 
-
-def _machine() -> dict:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(),
-            "load_average_1_5_15": list(load)}
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
+        if isinstance(self.stream_seeds, bool) or not isinstance(self.stream_seeds, int) or self.stream_seeds < 1:
+            raise ConfigError(f"stream_seeds must be an integer >= 1, got {self.stream_seeds!r}")
+        if isinstance(self.subsets, str) or isinstance(self.adaptations, str) or isinstance(self.select_from, str):
+            raise ConfigError("subsets, adaptations and select_from are lists of strings")
+        unknown = sorted(set(self.budget) - set(Budget.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown budget keys {unknown}; allowed: {sorted(Budget.__dataclass_fields__)}")
 
 
-def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the whole evaluation and return a JSON-ready dict (see :func:`report.write_report`)."""
-    preset: EarlyExitPreset = EE_PRESETS.get(cfg.preset)
-    training = cfg.training or preset.training
-    torch.set_num_threads(preset.threads)
-    t_start = time.perf_counter()
-    machine_start = _machine()
-    data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed, calib_size=preset.calib_size,
-                        train_limit=preset.train_limit, test_limit=preset.test_limit)
-    log(f"[data] {data.meta}")
-    subsets = list(cfg.subsets) or list(SUBSETS.get(cfg.dataset, {}))
-    for sub in subsets:  # fail before any training on a bad subset name
+@dataclass
+class _Context:
+    bench: ExitBench
+    data: Dataset
+    costs: Sequence[PathCost]
+    exit_ms: list[float]
+    score: Score
+    progress: bool
+
+
+@dataclass
+class _Subset:
+    name: str
+    mask: np.ndarray
+    before_fine: dict
+    before_search: dict
+
+
+def make(ev, cfg: EarlyExitFigures, log: Callable[[str], None]) -> list:
+    """Table 1, the targets, specialisation and calibration on the pipeline's network and traces."""
+    with torch_threads(cfg.threads):
+        return sections(_measure(ev, cfg, log))
+
+
+def _measure(ev, cfg: EarlyExitFigures, log: Callable[[str], None]) -> dict:
+    data, net, method = ev.prep.data, ev.prep.paths.net, ev.method
+    budget = Budget(**{**BUDGETS.get(ev.prep.preset.name, Budget()).__dict__, **cfg.budget})
+    seed, progress = ev.cfg.seed, ev.cfg.progress
+    subsets = list(cfg.subsets) or list(SUBSETS.get(ev.cfg.dataset, {}))
+    for sub in subsets:  # fail before any measurement on a bad subset name
         subset_classes(data.spec, sub)
-    recipe = preset.recipe
-    if cfg.dataset == "digits" and recipe.hflip:
-        raise ConfigError("digits must not be flipped; use the tiny preset (hflip=False) for digits")
-    net, meta = fit_early_exit(preset.model, data, recipe, training=training, seed=cfg.seed, device=cfg.device,
-                               progress=cfg.progress, log=log)
-    net.eval()
     P = net.n_exits
-    score = make_score(cfg.score)
-    policy = EarlyExit(cfg.score)
-
-    log("[cost] measuring incremental exit costs")
-    costs = exit_costs(net, data.calib.x[:preset.batch_size].to(cfg.device), batches=(1, 64, preset.batch_size),
-                       repeats=max(5, preset.latency_repeats // 10), min_time_s=0.1)
-    tmeta = {"dataset": data.meta, "model": preset.model, "training": training}
-    calib_tr = record_exit_trace(net, data.calib, costs, meta={**tmeta, "split": "calib"})
-    test_tr = record_exit_trace(net, data.test, costs, meta={**tmeta, "split": "test"})
-    base_logits = predict_logits(net, data.test.x).numpy()  # the plain forward: every segment, the last head
-    baseline_equals_last_exit = bool(np.array_equal(base_logits.argmax(1), test_tr.preds[P - 1]))
-    fitted = EarlyExit(cfg.score, tolerance=0.01).fit(calib_tr)
-    log(f"[fit] calibrated uniform threshold {fitted.calib_point_}")
-
-    log("[latency] batch-1, interleaved rounds")
-    lat = measure_exit_latencies(net, policy, data.test.x[:1], rounds=preset.latency_repeats, clock=cfg.clock)
+    score = method.score_
+    test_tr, costs = ev.test, ev.test.costs
+    bench = ExitBench(net, ev.prep.paths, method, test_tr, data.test.x, latency_samples=budget.latency_samples,
+                      batch_size=ev.cfg.serving_batch, clock=cfg.clock)
+    log(f"[table1] batch-1 latency, {budget.latency_repeats} interleaved rounds ({cfg.clock} clock, "
+        f"{torch.get_num_threads()} thread(s))")
+    lat = measure_exit_latencies(bench, data.test.x[:1], rounds=budget.latency_repeats)
     exit_ms = [lat[f"runtime_exit{p}"]["median_ms"] for p in range(P)]
-    t1 = table1(net, policy, test_tr, data.test.x, lat, thresholds=TABLE_THRESHOLDS,
-                latency_samples=preset.latency_samples, batch_size=preset.batch_size, fitted=fitted, clock=cfg.clock,
-                progress=log)
+    t1 = table1(bench, lat, thresholds=TABLE_THRESHOLDS, progress=log)
+    ctx = _Context(bench, data, costs, exit_ms, score, progress)
 
     rows = {(r["kind"], str(r["setting"])): r for r in t1["rows"]}
     last, at09 = rows[("fixed exit", str(P - 1))], rows[("threshold", "0.9")]
@@ -125,20 +133,26 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             "judged_on": "medians of interleaved batch-1 calls. met_heads: the paper's measurement (fixed last exit "
                          "computing every intermediate head vs the baseline network); met_runtime: the runtime forced "
                          "to the last exit (heads + softmax + threshold decisions) vs the baseline network run as a "
-                         "single runtime stage (same input checks)",
+                         "single runtime stage (same input checks); reference: the runtime at the reference "
+                         "knob (earlier exits switched off, their heads not run) vs the plain network",
             "paired_heads_only": paired_overhead(lat, f"module_exit{P - 1}", "baseline"),
             "paired_runtime": paired_overhead(lat, f"runtime_exit{P - 1}", "runtime_baseline"),
             "met_heads": bool(med[f"module_exit{P - 1}"] / med["baseline"] - 1 < 0.05),
             "met_runtime": bool(med[f"runtime_exit{P - 1}"] / med["runtime_baseline"] - 1 < 0.05),
+            "runtime_reference_median_ms": med["runtime_reference"],
+            "overhead_reference_runtime_vs_plain_pct": 100 * (med["runtime_reference"] / med["baseline"] - 1),
+            "paired_reference_runtime_vs_plain": paired_overhead(lat, "runtime_reference", "baseline"),
         },
     }
-    log(f"[targets] {targets}")
+    a, o = targets["t1_accuracy_at_0.9_vs_final"], targets["t2_head_overhead"]
+    log(f"[targets] threshold 0.9: {100 * a['accuracy_0.9']:.2f}% vs {100 * a['accuracy_final_exit']:.2f}%, latency "
+        f"{100 * a['latency_reduction_model']:.1f}% lower (exit model), {100 * a['latency_reduction_measured']:.1f}% "
+        f"(measured); heads {o['overhead_heads_only_pct']:+.2f}%, runtime at the reference knob vs plain "
+        f"{o['overhead_reference_runtime_vs_plain_pct']:+.2f}%")
 
-    adapt_defaults = dict(batch_size=cfg.adapt_batch, score=cfg.score, threshold=cfg.adapt_threshold)
+    adapt_defaults = dict(batch_size=cfg.adapt_batch, score=method.score, threshold=cfg.adapt_threshold)
     adaptations = [parse_adaptation(a, **adapt_defaults) for a in cfg.adaptations]  # fail early on a bad spec
     candidates = [parse_adaptation(a, **adapt_defaults) for a in cfg.select_from]
-    if cfg.stream_seeds < 1:
-        raise ConfigError(f"stream_seeds must be >= 1, got {cfg.stream_seeds}")
     tts, selections = [], {}
     for sub in subsets:
         classes = subset_classes(data.spec, sub)
@@ -151,8 +165,8 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             log(f"[select] {sub}: cross-validating {len(candidates)} settings on the calibration split "
                 f"({cfg.select_folds} folds)")
             selections[sub] = select_adaptation(net, data.calib, classes, candidates, costs=costs, exit_ms=exit_ms,
-                                                score=score, folds=cfg.select_folds, seed=cfg.seed,
-                                                progress=cfg.progress, log=log)
+                                                score=score, config=SelectConfig(folds=cfg.select_folds, seed=seed),
+                                                progress=progress, log=log)
             if selections[sub]["chosen_config"] is not None:
                 chosen = SpecializeConfig(**selections[sub]["chosen_config"])
                 log(f"[select] {sub}: chose {chosen.label}")
@@ -163,11 +177,11 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
         for sc in sub_adaptations:
             runs = []
             for k in range(cfg.stream_seeds):
-                stream = subset_stream(data.calib, classes, per_class=preset.stream_per_class, seed=cfg.seed + k)
+                stream = subset_stream(data.calib, classes, per_class=budget.stream_per_class, seed=seed + k)
                 log(f"[adapt] {sub} {classes}, {sc.label}, stream {k + 1}/{cfg.stream_seeds}: {len(stream)} images "
                     f"from the calibration split")
-                runs.append(_specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms, score, policy,
-                                        before_fine, before_search, cfg, preset, measure=(k == 0), progress=cfg.progress))
+                runs.append(_specialise(ctx, sc, stream, _Subset(sub, mask, before_fine, before_search),
+                                        measure=(k == 0)))
             first = runs[0]
             reds = np.array([np.nan if r["target"]["latency_reduction"] is None else r["target"]["latency_reduction"]
                              for r in runs])
@@ -192,22 +206,16 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                 f"{np.round(others, 2).tolist()} points, met {target['met']}")
             tts.append(entry)
     calib_info = calibration(test_tr, score)
-    return {
-        "format": "dyninfer-early-exit-report-1",
-        "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-                   "preset_settings": preset.to_dict(), "training": training},
-        "versions": versions(), "machine_start": machine_start, "machine_end": _machine(),
-        "seconds": time.perf_counter() - t_start,
-        "model": {k: v for k, v in meta.items() if k != "versions"}, "exit_names": list(net.exit_names),
-        "costs": [c.to_dict() for c in costs], "baseline_equals_last_exit": baseline_equals_last_exit,
-        "calibrated_policy": fitted.calib_point_, "latency_batch1": lat, "table1": t1, "targets": targets,
-        "specialisation": tts, "selection": selections, "calibration": calib_info,
-    }
+    return {"exit_names": list(net.exit_names), "clock": cfg.clock, "threads": torch.get_num_threads(),
+            "budget": budget.__dict__, "latency_batch1": lat, "table1": t1, "targets": targets, "specialisation": tts,
+            "selection": selections, "calibration": calib_info, "calibrated_knob": list(method.knob_),
+            "model": {k: v for k, v in ev.prep.model_meta[ev.prep.preset.exit_model].items() if k != "versions"}}
 
 
-def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms, score, policy, before_fine,
-                before_search, cfg, preset, *, measure: bool, progress: bool) -> dict:
+def _specialise(ctx: _Context, sc: SpecializeConfig, stream, sub: _Subset, *, measure: bool) -> dict:
     """Adapt on one stream, measure the test split, then put every head back. Returns the stream's figures."""
+    net, test_tr, data, costs, exit_ms, score = ctx.bench.net, ctx.bench.test, ctx.data, ctx.costs, ctx.exit_ms, ctx.score
+    mask, before_fine, before_search = sub.mask, sub.before_fine, sub.before_search
     P = net.n_exits
     backbone_digest = params_digest(net.segments)
     final_digest = params_digest(net.heads[P - 1])
@@ -216,8 +224,8 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
     snap = spec.snapshot()
     # the measured stream runs image by image as deployed; the others compute backbone features ahead (same result
     # up to float rounding, see TestTimeSpecializer.adapt)
-    spec.adapt(stream.x, progress=progress, prefetch=1 if measure else 256)
-    after_tr = record_exit_trace(net, data.test, costs, meta={**tmeta, "split": "test", "adapted": sub})
+    spec.adapt(stream.x, progress=ctx.progress, prefetch=1 if measure else 256)
+    after_tr = record_exit_trace(net, data.test, costs)
     after = subset_curves(after_tr, score, mask, exit_ms, CURVE_THRESHOLDS)
     after_fine = subset_curves(after_tr, score, mask, exit_ms, FINE_THRESHOLDS)
     after_search = subset_curves(after_tr, score, mask, exit_ms, SEARCH_THRESHOLDS)
@@ -235,16 +243,16 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
     grid_before, th_before = cheapest_point(before_fine["subset"], target_acc)
     grid_after, th_after = cheapest_point(after_fine["subset"], target_acc)
     meas_before = meas_after = None
-    n_chk = min(preset.latency_samples, int(mask.sum()))
+    n_chk = min(ctx.bench.latency_samples, int(mask.sum()))
     if measure:
         x_chk = data.test.x[torch.from_numpy(np.flatnonzero(mask)[:n_chk])]
-        clock = CLOCKS[cfg.clock]
+        clock = CLOCKS[ctx.bench.clock]
         if th_after is not None:
-            meas_after = float(time_runtime_per_sample(policy.runtime(net, uniform(th_after, P)), x_chk, repeats=3,
+            meas_after = float(time_runtime_per_sample(ctx.bench.runtime(uniform(th_after, P)), x_chk, repeats=3,
                                                        clock=clock).mean() * 1e3)
         adapted_state = spec.snapshot()
         spec.restore(snap)
-        meas_before = float(time_runtime_per_sample(policy.runtime(net, uniform(th_before, P)), x_chk, repeats=3,
+        meas_before = float(time_runtime_per_sample(ctx.bench.runtime(uniform(th_before, P)), x_chk, repeats=3,
                                                     clock=clock).mean() * 1e3)
         spec.restore(adapted_state)
     checks = {"backbone_bitwise_unchanged": params_digest(net.segments) == backbone_digest,
@@ -277,3 +285,5 @@ def _specialise(net, sc, stream, test_tr, data, costs, tmeta, sub, mask, exit_ms
         },
     }
 
+
+FIGURES.register("early-exit", Figures(EarlyExitFigures, make))

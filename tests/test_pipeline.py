@@ -1,0 +1,157 @@
+"""The shared pipeline end to end on digits (tiny preset): ``dyninfer run``, the aliases, ``compare``, the
+saved policy, and the CLI's error handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dyninfer import CheckpointError
+from dyninfer.cli import main
+from dyninfer.policy import load_policy
+
+pytestmark = pytest.mark.usefixtures("one_thread", "digits_prepared", "digits_staged")
+
+FAST = ["--preset", "tiny", "--dataset", "digits", "--no-progress"]
+
+
+def _check_run(out, method: str) -> dict:
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == method and res["preset"] == "tiny"
+    prov = res["provenance"]
+    assert prov["command"].startswith("dyninfer") and prov["versions"]["torch"] and prov["git_commit"]
+    assert prov["seed"] == 0 and prov["config"]["method"] == method
+    ag = res["agreement"]
+    assert ag["samples"] == res["data"]["test"] and ag["pred_mismatch"] == ag["path_mismatch"] == ag["flops_mismatch"] == 0
+    op = res["operating_point"]
+    assert op["test_flops"] <= op["reference_flops"] * 1.2 and "Learn-then-Test" in op["statement"]
+    assert set(res["timing"]["throughput"]) == {"policy", "forced", "plain"}
+    assert res["energy"]["policy"]["source"]
+    md = (out / "report.md").read_text()
+    for heading in ("## Operating point", "## Paths", "## Runtime", "## Accuracy against cost"):
+        assert heading in md
+    for png in ("accuracy_vs_flops.png", "accuracy_vs_time.png"):
+        assert (out / png).stat().st_size > 1000
+    return res
+
+
+def test_cascade_run_writes_report_and_a_policy_that_reloads(tmp_path):
+    out = tmp_path / "cascade"
+    assert main(["cascade", *FAST, "--out", str(out)]) == 0
+    res = _check_run(out, "cascade")
+    assert {r["router"] for r in res["cascade"]["routers"]} >= {"energy", "margin", "random"}
+    assert "Routers on the same trace" in (out / "report.md").read_text()
+    assert (out / "energy_hist.png").exists() and (out / "routers_vs_flops.png").exists()
+    pol = load_policy(out)  # the run folder, or its policy/ subfolder
+    assert pol.method.name == "cascade" and pol.paths.names == ["cnn-s", "cnn-m"] and len(pol.class_names) == 10
+    from dyninfer.data import load_dataset
+
+    x = load_dataset("digits", calib_size=300).test.x
+    rt = pol.runtime()
+    r = rt.run(x, 64)
+    sim_share = res["operating_point"]["test_path_share"]
+    assert r.path_share().tolist() == pytest.approx(sim_share)  # the reloaded policy routes the test split as fitted
+    ckpt = out / "policy" / "paths" / "cnn-m.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the weights
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="cnn-m.pt"):
+        load_policy(out)
+
+
+def test_selection_run_with_its_figures(tmp_path):
+    out = tmp_path / "sel"
+    rc = main(["select", *FAST, "--out", str(out), "--set", "lambdas=[0.6, 0.9]", "--set", 'policy={"epochs": 5}',
+               "--variants", "policy without complexity", "--tv-pool", "--manager-stream", "200"])
+    assert rc == 0
+    res = _check_run(out, "selection")
+    sel = res["selection"]
+    assert set(sel["curves"]) == {"policy", "policy without complexity"}
+    rows = {r["system"]: r for r in sel["table1"]["rows"]}
+    adaptive = [r for k, r in rows.items() if k.startswith("adaptive")]
+    assert adaptive and all(r["path_agreement"] == 1.0 and r["pred_agreement_with_simulation"] == 1.0 for r in adaptive)
+    assert sel["manager"]["runs"] and all(r["within_budget"] for r in sel["manager"]["runs"].values())
+    assert (out / "routing_vs_complexity.png").exists()
+
+
+def test_early_exit_run_with_its_figures(tmp_path):
+    out = tmp_path / "ee"
+    assert main(["early-exit", *FAST, "--out", str(out), "--subsets", "round", "--adapt", "0.1:input-norm"]) == 0
+    res = _check_run(out, "early-exit")
+    ee = res["early_exit"]
+    assert all(v["pred_mismatch"] == v["path_mismatch"] == 0 for v in ee["table1"]["runtime_matches_trace"].values())
+    kinds = [r["kind"] for r in ee["table1"]["rows"]]
+    assert kinds.count("fixed exit") == len(ee["exit_names"]) and kinds[-1] == "baseline"
+    (spec,) = ee["specialisation"]
+    assert spec["checks"] == {"backbone_bitwise_unchanged": True, "final_head_bitwise_unchanged": True,
+                              "final_exit_logits_unchanged": True, "heads_restored_after": True}
+    md = (out / "report.md").read_text()
+    assert "### Table 1" in md and "| Baseline | no heads |" in md and "## Test-time specialisation" in md
+
+
+@pytest.mark.slow
+def test_early_exit_cross_validated_selection_and_several_streams(tmp_path):
+    out = tmp_path / "report"
+    rc = main(["early-exit", *FAST, "--adapt", "1e-2", "0.1:input-norm:2", "--stream-seeds", "2",
+               "--select", "1e-2", "0.3:input-norm", "--select-folds", "3", "--subsets", "round", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["early_exit"]
+    plain, normed = res["specialisation"][:2]
+    sel = res["selection"]["round"]
+    assert [r["label"] for r in sel["rows"]] == ["lr 0.01", "lr 0.3 input-norm"] and sel["folds"] == 3
+    chosen = [e for e in res["specialisation"] if e["selected"]]
+    assert len(chosen) == (sel["chosen"] is not None) and all(e["label"] == sel["chosen"] for e in chosen)
+    assert normed["config"]["lr_scale"] == "input-norm" and normed["config"]["passes"] == 2
+    assert len(plain["streams"]) == 2 and len(plain["target"]["latency_reduction_per_stream"]) == 2
+    assert normed["adapt_log"]["stream"] == 2 * normed["stream_images"]  # two passes over the stream
+    assert "cross-validation on the calibration split" in (out / "report.md").read_text()
+
+
+def test_compare_puts_every_method_in_one_table(tmp_path):
+    out = tmp_path / "cmp"
+    rc = main(["compare", *FAST, "--out", str(out), "--set", "selection.lambdas=[0.6, 0.9]",
+               "--set", 'selection.policy={"epochs": 5}'])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["system"] for r in res["table"]] == ["cascade", "early-exit", "selection"]
+    assert {s["system"] for s in res["static"]} == {"cnn-s", "cnn-m", "revcol-tiny (plain)"}
+    for name, r in res["methods"].items():
+        assert r["agreement"]["pred_mismatch"] == 0, name
+    for x in ("flops", "batch1", "serving", "energy"):
+        assert (out / f"accuracy_vs_{x}.png").stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "| cascade | pool |" in md and "| early-exit | staged |" in md and "Learn-then-Test" in md
+
+
+def test_cli_reports_missing_data_cleanly(tmp_path, capsys):
+    code = main(["run", "cascade", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dyninfer: error: missing data file" in err and "train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "nope"], "unknown method 'nope'"),
+    (["run", "cascade", "--set", "tolerance"], "KEY=VALUE"),
+    (["run", "cascade", "--set", "tolerance=2"], "tolerance must be a number in [0, 1)"),
+    (["run", "cascade", "--set", "colour=red"], "unknown settings ['colour']"),
+    (["early-exit", "--subsets", "footwear", "--preset", "tiny", "--dataset", "digits"], "no class subset 'footwear'"),
+    (["compare", "--set", "tolerance=0.1"], "METHOD.KEY=VALUE"),
+])
+def test_cli_errors_are_clean(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_lists_methods_with_their_settings(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "cascade: Cascade on a pool path set" in out and "selection:" in out and "tolerance" in out
+
+
+def test_loading_a_folder_without_a_policy_says_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="dyninfer run METHOD"):
+        load_policy(tmp_path)

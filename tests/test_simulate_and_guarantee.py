@@ -1,0 +1,239 @@
+"""Policies on hand-made traces: simulation, sweeps, frontier, oracle, the shared guarantee, cascade fitting."""
+
+import numpy as np
+import pytest
+
+from dyninfer import ConfigError, TraceError
+from dyninfer.evaluate import pareto_front, upper_hull
+from dyninfer.evaluate.guarantee import choose_operating_point, clt_pvalues, wsr_rejects
+from dyninfer.evaluate.simulate import oracle, simulate_forced, simulate_sequential as simulate, simulate_upfront
+from dyninfer.evaluate.simulate import sweep_sequential as sweep
+from dyninfer.methods.cascade import Cascade
+from dyninfer.runtime.cost import LatencyStats, PathCost
+from dyninfer.scores import make_score
+from dyninfer.trace import Trace
+
+
+def make_trace(n=2000, k=5, flops=(1e6, 1e7, 1e8), seed=0, skill=(1.0, 2.0, 3.0)):
+    """P paths whose logits favour the label more the larger ``skill`` is."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    logits = []
+    for s in skill:
+        z = rng.normal(size=(n, k)).astype(np.float32)
+        z[np.arange(n), labels] += s * rng.uniform(0, 2, n).astype(np.float32)
+        logits.append(z)
+    costs = [PathCost(f"p{i}", int(f), 0, 0, {1: LatencyStats(1, f / 1e9, 0, 0, 0, 0, 1)}) for i, f in enumerate(flops)]
+    return Trace([f"p{i}" for i in range(len(skill))], np.stack(logits), labels, costs, {"split": "synthetic"})
+
+
+def test_simulate_by_hand():
+    logits = np.array([
+        [[3.0, 0.0], [0.0, 0.1], [0.0, 0.2]],   # path 0: confident on sample 0 only
+        [[0.0, 1.0], [5.0, 0.0], [0.0, 0.3]],   # path 1
+    ], dtype=np.float32)
+    tr = Trace(["a", "b"], logits, np.array([0, 0, 1]),
+               [PathCost("a", 10, 0, 0), PathCost("b", 100, 0, 0)])
+    out = simulate(tr, make_score("max_softmax"), [0.9])
+    assert out.path.tolist() == [0, 1, 1]
+    assert out.pred.tolist() == [0, 0, 1]
+    assert out.flops.tolist() == [10, 110, 110]
+    assert out.accuracy == 1.0
+    with pytest.raises(ConfigError, match="need 1 thresholds"):
+        simulate(tr, make_score("max_softmax"), [0.9, 0.5])
+
+
+def test_two_stage_sweep_equals_brute_force_simulation():
+    tr = make_trace(n=500).select(["p0", "p2"])
+    sc = make_score("energy")
+    cv = sweep(tr, sc)
+    assert len(cv) == len(np.unique(sc(tr.logits_of(0)).numpy())) + 1
+    for i in np.random.default_rng(0).choice(len(cv), 40, replace=False):
+        out = simulate(tr, sc, cv.settings[i])
+        assert out.accuracy == pytest.approx(cv.accuracy[i])
+        assert out.mean_flops == pytest.approx(cv.cost[i])
+    # the ends: keep everything at the student / forward everything to the teacher (the student still runs)
+    assert cv.accuracy[0] == pytest.approx(tr.accuracy(0)) and cv.cost[0] == pytest.approx(1e6)
+    assert cv.accuracy[-1] == pytest.approx(tr.accuracy(1)) and cv.cost[-1] == pytest.approx(1e6 + 1e8)
+    assert cv.extra["ref_only"][-1] == cv.extra["method_only"][-1] == 0
+
+
+def test_three_stage_sweep_equals_simulation():
+    tr = make_trace(n=400)
+    sc = make_score("margin")
+    cv = sweep(tr, sc, grid=8)
+    for i in np.random.default_rng(1).choice(len(cv), 25, replace=False):
+        out = simulate(tr, sc, cv.settings[i])
+        assert out.accuracy == pytest.approx(cv.accuracy[i])
+        assert out.mean_flops == pytest.approx(cv.cost[i])
+        assert np.allclose(cv.extra["reach"][i], [(out.path >= p).mean() for p in range(3)])
+
+
+def test_pareto_front_and_hull():
+    cost = np.array([1, 2, 3, 4, 5.0])
+    acc = np.array([0.5, 0.7, 0.6, 0.8, 0.8])
+    assert pareto_front(cost, acc).tolist() == [0, 1, 3]
+    hx, hy = upper_hull(np.array([1, 2, 3.0]), np.array([0.5, 0.6, 0.9]))
+    assert hx.tolist() == [1, 3]  # (2, 0.6) lies below the chord from (1, .5) to (3, .9)
+
+
+def test_oracle_is_cheapest_correct_stage_and_bounds_every_router():
+    tr = make_trace(n=3000)
+    o = oracle(tr)
+    corr = tr.correct
+    assert o.accuracy == pytest.approx(corr.any(0).mean())
+    first = np.where(corr.any(0), corr.argmax(0), 0)
+    assert np.array_equal(o.path, first)
+    for name in ("energy", "max_softmax", "entropy"):
+        cv = sweep(tr, make_score(name), grid=10)
+        # no router reaches the oracle's accuracy for less
+        assert not np.any((cv.cost < o.mean_flops) & (cv.accuracy >= o.accuracy))
+
+
+def test_forced_and_upfront_simulation_by_hand():
+    tr = make_trace(n=100)
+    tr.costs[0].skip_flops = 7  # an exit's segment: what a runtime forced past it pays
+    f = simulate_forced(tr, 2, sequential=True)
+    assert (f.path == 2).all() and np.array_equal(f.pred, tr.preds[2]) and np.allclose(f.flops, 7 + 0 + 1e8)
+    assert f.ran[0].tolist() == pytest.approx([7 / 1e6, 0.0, 1.0])
+    u = simulate_upfront(tr, np.arange(100) % 3, overhead_flops=5)
+    assert np.array_equal(u.pred, tr.preds[np.arange(100) % 3, np.arange(100)])
+    assert u.flops[:3].tolist() == [1e6 + 5, 1e7 + 5, 1e8 + 5]
+    o = oracle(tr, sequential=False)  # up-front: the cheapest correct path alone
+    assert np.array_equal(o.correct, tr.correct.any(0))
+    assert np.all(o.flops <= np.array([1e6, 1e7, 1e8])[np.where(tr.correct.any(0), tr.correct.argmax(0), 0)])
+
+
+def test_clt_pvalues_match_the_paired_normal_test():
+    cal = make_trace(seed=3).select(["p0", "p2"])
+    sc = make_score("margin")
+    cv = sweep(cal, sc)
+    p = clt_pvalues(cv.extra["ref_only"], cv.extra["method_only"], cal.n, 0.002)
+    from scipy.stats import norm
+
+    for i in np.random.default_rng(0).choice(len(cv), 15, replace=False):
+        d = cal.correct[-1].astype(float) - simulate(cal, sc, cv.settings[i]).correct.astype(float)
+        assert cv.extra["ref_only"][i] - cv.extra["method_only"][i] == pytest.approx(d.mean())
+        if d.std() > 0:
+            assert p[i] == pytest.approx(norm.sf((0.002 - d.mean()) / (d.std(ddof=1) / np.sqrt(cal.n))), rel=1e-6)
+
+
+def test_learn_then_test_guarantee_holds_on_fresh_data():
+    """Over many calibration draws the chosen point loses more than the tolerance on fresh data (its true
+    loss, estimated on a large sample) in about 1 - confidence of the draws or fewer; fixed-sequence testing
+    over the whole grid is what makes that hold although the point is picked from hundreds of candidates."""
+    tol, conf = 0.01, 0.9
+    big = make_trace(n=60000, seed=99).select(["p0", "p2"])  # the population
+    sc = make_score("max_softmax")
+    s_big = sc(big.logits_of(0)).numpy()
+    ref = big.correct[1]
+    fails = {"clt": 0, "wsr": 0}
+    cost = {"clt": [], "wsr": []}
+    runs = 40
+    for r in range(runs):
+        cal = make_trace(n=1500, seed=1000 + r).select(["p0", "p2"])
+        cv = sweep(cal, sc)
+        for bound in fails:
+            op = choose_operating_point(cv, cal.n, tolerance=tol, confidence=conf, bound=bound)
+            t = cv.settings[op.index][0]
+            keep = s_big >= t
+            true_loss = (ref & ~(np.where(keep, big.correct[0], ref))).mean() - \
+                (np.where(keep, big.correct[0], ref) & ~ref).mean()
+            fails[bound] += true_loss > tol
+            cost[bound].append(op.calib_flops)
+    assert fails["clt"] <= 0.1 * runs + 4 and fails["wsr"] <= 0.1 * runs + 4, fails  # binomial slack at 40 draws
+    assert np.mean(cost["wsr"]) >= np.mean(cost["clt"])  # the finite-sample bound is the more careful one
+
+
+def test_guarantee_settings_and_an_uncertifiable_curve():
+    cal = make_trace(seed=4).select(["p0", "p2"])
+    cv = sweep(cal, make_score("energy"))
+    op = choose_operating_point(cv, cal.n, tolerance=0.0, confidence=0.95)
+    assert op.certified and op.calib_loss == 0.0  # forwarding everything loses nothing: always certifiable
+    from dyninfer.evaluate import Curve
+
+    lossy = Curve("lossy", np.array([[0.0], [1.0]]), np.array([0.8, 0.7]), np.array([10.0, 5.0]),
+                  {"ref_only": np.array([0.05, 0.15]), "method_only": np.array([0.0, 0.0])})
+    bad = choose_operating_point(lossy, 1000, tolerance=0.01, confidence=0.95)
+    assert not bad.certified and bad.index == 0 and bad.tested == 1  # the sequence stops at its first point
+    assert "No knob value could be certified" in bad.statement()
+    with pytest.raises(ConfigError, match="tolerance"):
+        choose_operating_point(cv, cal.n, tolerance=-0.1, confidence=0.95)
+    with pytest.raises(ConfigError, match="confidence"):
+        choose_operating_point(cv, cal.n, tolerance=0.01, confidence=1.0)
+    with pytest.raises(ConfigError, match="bound"):
+        choose_operating_point(cv, cal.n, tolerance=0.01, confidence=0.9, bound="hoeffding")
+    assert wsr_rejects(0, 0, 1000, 0.01, 0.05)[0]  # no disagreement at all: a 1-point loss is ruled out
+    assert not wsr_rejects(30, 0, 1000, 0.01, 0.05)[0]  # 3% lost on calibration: not certifiable at 1%
+
+
+def test_cascade_fit_picks_the_cheapest_certified_configuration():
+    cal, test = make_trace(seed=1), make_trace(seed=2)
+    c = Cascade(scores=("energy",), tolerance=0.002, confidence=0.5).fit(cal)
+    assert c.stages_[-1] == "p2" and len(c.configurations_) == 3  # every chain ending at the reference
+    best = min((r for r in c.configurations_ if r["certified"]), key=lambda r: r["calib_flops"])
+    assert c.stages_ == best["chain"] and c.operating_point_.calib_flops == pytest.approx(best["calib_flops"])
+    out = c.simulate(test)
+    assert 0 < out.path_share(len(c.stages_))[-1] < 1
+    # more routers to choose among, and more confidence: each configuration is tested at delta / K
+    many = Cascade(scores=("energy", "margin", "max_softmax"), tolerance=0.002, confidence=0.95).fit(cal)
+    assert many.operating_point_.configurations == 9
+    safe = Cascade(stages=["p0", "p2"], scores=("margin",), tolerance=0.002, confidence=0.99).fit(cal)
+    loose = Cascade(stages=["p0", "p2"], scores=("margin",), tolerance=0.002, confidence=0.6).fit(cal)
+    assert safe.operating_point_.calib_flops >= loose.operating_point_.calib_flops
+    # fitting the temperature: each temperature counts as a configuration
+    ct = Cascade(stages=["p0", "p2"], scores=("energy+T",), temperatures=(0.5, 1.0, 2.0), tolerance=0.002,
+                 confidence=0.5).fit(cal)
+    assert ct.operating_point_.configurations == 3 and ct.score_.params["temperature"] in (0.5, 1.0, 2.0)
+    # a budget through the calibration curve
+    k = c.knob_for(budget_flops=2e7)
+    assert c.simulate(cal, k).mean_flops <= 2e7 * (1 + 1e-9)
+    with pytest.raises(ConfigError, match="no operating point within"):
+        c.knob_for(budget_flops=1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stages": ["a"]}, "2 or more distinct"),
+    ({"stages": "ab"}, "2 or more distinct"),
+    ({"scores": ("nope",)}, "routers from"),
+    ({"scores": "energy"}, "list of routers"),
+    ({"confidence": 1.0}, "confidence must be"),
+    ({"confidence": "high"}, "confidence must be"),
+    ({"tolerance": -0.01}, "tolerance must be"),
+    ({"tolerance": 1.5}, "tolerance must be"),
+    ({"bound": "exact"}, "unknown bound"),
+    ({"grid": 1}, "grid must be"),
+    ({"scores": ("energy+T",), "temperatures": (0.0,)}, "temperatures must be"),
+])
+def test_cascade_settings_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Cascade(**kwargs)
+
+
+def test_cascade_errors_on_traces():
+    with pytest.raises(TraceError, match="no paths"):
+        Cascade(stages=["a", "b"]).fit(make_trace())
+    from dyninfer import NotFittedError
+
+    with pytest.raises(NotFittedError, match="fit"):
+        Cascade().simulate(make_trace())
+
+
+def test_trace_round_trip_and_corruption(tmp_path):
+    tr = make_trace(n=50)
+    tr.save(tmp_path / "t")
+    back = Trace.load(tmp_path / "t")
+    assert back.paths == tr.paths and np.array_equal(back.logits, tr.logits) and back.costs == tr.costs
+    (tmp_path / "t" / "logits.npz").write_bytes(b"broken")
+    with pytest.raises(TraceError, match="corrupt"):
+        Trace.load(tmp_path / "t")
+    tr.save(tmp_path / "t")
+    info = (tmp_path / "t" / "trace.json").read_text()
+    np.savez(tmp_path / "t" / "logits.npz", logits=tr.logits + 1, labels=tr.labels)  # other logits, same file name
+    with pytest.raises(TraceError, match="checksum"):
+        Trace.load(tmp_path / "t")
+    assert "sha256" in info
+    with pytest.raises(TraceError, match="no trace"):
+        Trace.load(tmp_path / "none")
+    with pytest.raises(TraceError, match="do not fit"):
+        Trace(["a"], np.zeros((2, 3, 4), np.float32), np.zeros(3, int), [PathCost("a", 1, 1, 1)])
