@@ -1,4 +1,5 @@
-"""Issue 3 figures: early exits with test-time specialisation on Fashion-MNIST, side by side in one run.
+"""The early-exit figures: threshold exiting with test-time specialisation on Fashion-MNIST, in one run of
+``dyninfer early-exit`` (= ``dyninfer run early-exit``).
 
     python benchmarks/early_exit.py                       # full preset -> reports/early-exit-full/
     python benchmarks/early_exit.py --preset quick        # smoke run -> reports/early-exit-quick/

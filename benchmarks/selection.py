@@ -1,7 +1,8 @@
-"""Benchmark of issue 4: adaptive backbone selection (ABS) on Fashion-MNIST, every figure in one run.
+"""Adaptive backbone selection (ABS) on Fashion-MNIST, every figure in one run.
 
-Runs ``dyninfer select`` with the benchmark settings and writes the report folder
-(``results.json`` with config/seed/versions, ``report.md`` with the tables, PNG plots) atomically::
+Runs ``dyninfer select`` (= ``dyninfer run selection``) with the benchmark settings and writes the run
+folder (``results.json`` with command, config, seed, versions and commit; ``report.md``; PNG plots; the
+saved policy) atomically::
 
     python benchmarks/selection.py                      # preset full, report in reports/selection-full
     python benchmarks/selection.py --preset quick --out reports/selection-quick
@@ -15,6 +16,7 @@ import sys
 
 from dyninfer.cli import main
 
+
 def preset_of(argv: list[str], default: str) -> str:
     """The ``--preset`` value in ``argv`` (``--preset X`` or ``--preset=X``), else ``default``."""
     for i, a in enumerate(argv):
@@ -25,7 +27,7 @@ def preset_of(argv: list[str], default: str) -> str:
     return default
 
 
-DEFAULTS = {"--preset": "full", "--out": None, "--dataset": "fashion-mnist"}
+DEFAULTS = {"--preset": "full", "--out": None, "--dataset": "fashion-mnist", "--threads": "1"}
 
 
 def build_argv(argv: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .harness import load_data, prepare
 from .methods import METHODS, create_method
-from .pipeline import Evaluation, RunConfig, curve_times, evaluate
+from .pipeline import Evaluation, RunConfig, check_run_settings, curve_times, evaluate
 from .presets import get_preset
 from .report.plots import tradeoff_plot
 from .report.tables import markdown_table
@@ -57,6 +57,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         for m in list(self.methods or ()) + list(self.params):
             METHODS.get(m)
+        check_run_settings(self)
 
     def run_config(self, method: str) -> RunConfig:
         return RunConfig(method=method, preset=self.preset, dataset=self.dataset, data_root=self.data_root,

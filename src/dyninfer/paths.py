@@ -146,7 +146,7 @@ class ModulePool(PathSet):
 
     Args:
         models: name -> module mapping images (N, C, H, W) in [0, 1] to logits (N, K).
-        input_shape: (C, H, W) of the images.
+        input_shape: (C, H, W) of the images (default: what the models were built for, when dyninfer built them).
         files: name -> checkpoint file each module was loaded from (a backbone manager loads from
             there on a miss; without files it copies the in-memory modules).
     """
@@ -159,7 +159,7 @@ class ModulePool(PathSet):
             raise ConfigError("a module pool needs at least one module")
         self.models = {n: m.eval() for n, m in models.items()}
         self.names = list(self.models)
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_shape = tuple(input_shape) if input_shape is not None else _shape_from_arch(self.models.values())
         self.files = {n: Path(f) for n, f in (files or {}).items()}
 
     def count(self) -> list[PathCost]:
@@ -209,6 +209,17 @@ class ModulePool(PathSet):
             save_checkpoint(m, folder / f"{n}.pt", {"path": n})
         self.files = {n: folder / f"{n}.pt" for n in self.names}
         return {}
+
+
+def _shape_from_arch(models) -> tuple[int, ...] | None:
+    """(C, H, W) the models were built for (their ``dyninfer_arch`` spec), if they all agree; else None."""
+    shapes = set()
+    for m in models:
+        spec = (getattr(m, "dyninfer_arch", None) or {}).get("spec")
+        if spec is None:
+            return None
+        shapes.add((spec["in_channels"], *spec["image_size"]))
+    return shapes.pop() if len(shapes) == 1 else None
 
 
 class StagedNetwork(PathSet):

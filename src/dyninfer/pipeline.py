@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .check import choice, number
 from .errors import ConfigError
 from .evaluate.agreement import agreement
 from .evaluate.frontier import Curve
@@ -33,6 +34,7 @@ from .harness import Prepared, load_data, prepare
 from .methods import FIGURES, METHODS, Method, create_method
 from .paths import measure_costs
 from .policy import save_policy
+from .presets import get_preset
 from .report.plots import tradeoff_plot
 from .report.tables import markdown_table
 from .report.writer import Section, provenance, write_report
@@ -78,16 +80,20 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         METHODS.get(self.method)  # unknown method: ConfigError naming the known ones
-        if isinstance(self.serving_batch, bool) or not isinstance(self.serving_batch, int) or self.serving_batch < 1:
-            raise ConfigError(f"serving_batch must be a positive integer, got {self.serving_batch!r}")
-        if self.clock not in CLOCKS:
-            raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
-        for name in ("grid_g_per_kwh", "cpu_watts_per_thread"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
+        check_run_settings(self)
+        if not isinstance(self.params, dict) or not (self.figures is None or isinstance(self.figures, dict)):
+            raise ConfigError("params must be a dict of method settings, figures a dict or None")
+
+
+def check_run_settings(cfg) -> None:
+    """The settings a run and a comparison share (ConfigError naming the allowed range)."""
+    get_preset(cfg.preset)
+    number("seed", cfg.seed, integer=True)
+    number("serving_batch", cfg.serving_batch, lo=1, integer=True)
+    number("threads", cfg.threads, lo=1, integer=True, none_ok=True)
+    choice("clock", cfg.clock, sorted(CLOCKS))
+    number("grid_g_per_kwh", cfg.grid_g_per_kwh, lo=0)
+    number("cpu_watts_per_thread", cfg.cpu_watts_per_thread, lo=0)
 
 
 @dataclass

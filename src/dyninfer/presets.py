@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .check import choice, number
+from .errors import ConfigError
 from .registry import Registry
 from .train.recipe import Recipe
 
@@ -54,6 +56,17 @@ class Preset:
     runtime_rounds: int = 5
     timing_samples: int = 5120
     batch1_samples: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError(f"preset {self.name!r} needs at least one model in its pool")
+        choice("exit_training", self.exit_training, ("joint", "two-stage"))
+        number("train_limit", self.train_limit, lo=1, integer=True, none_ok=True)
+        number("test_limit", self.test_limit, lo=1, integer=True, none_ok=True)
+        number("calib_size", self.calib_size, lo=1, integer=True)
+        for name in ("cost_rounds", "latency_repeats", "runtime_rounds", "timing_samples", "batch1_samples"):
+            number(name, getattr(self, name), lo=1, integer=True)
+        number("latency_min_s", self.latency_min_s, lo=0)
 
 
 PRESETS.register("quick", Preset(

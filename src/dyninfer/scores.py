@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .check import number
 from .errors import ConfigError
 from .registry import Registry
 
@@ -92,8 +93,7 @@ class NegFreeEnergy(Score):
     name = "energy"
 
     def __init__(self, temperature: float = 1.0) -> None:
-        if not temperature > 0:
-            raise ConfigError(f"energy temperature must be > 0, got {temperature}")
+        number("energy temperature", temperature, lo=0, lo_open=True)
         super().__init__()
         self.params = {"temperature": float(temperature)}
 
@@ -110,6 +110,7 @@ class RandomScore(Score):
     deterministic = False
 
     def __init__(self, seed: int = 0) -> None:
+        number("random score seed", seed, integer=True)
         super().__init__()
         self.params = {"seed": int(seed)}
         self._g = torch.Generator().manual_seed(int(seed))

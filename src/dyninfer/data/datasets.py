@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..check import number
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .idx import read_idx
@@ -115,6 +116,10 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, seed: int 
     Returns:
         a :class:`Dataset` whose splits are disjoint and identical for the same arguments.
     """
+    number("seed", seed, integer=True)
+    number("calib_size", calib_size, lo=0, lo_open=True, hint=" (a count, or a fraction below 1)")
+    number("train_limit", train_limit, lo=1, integer=True, none_ok=True)
+    number("test_limit", test_limit, lo=1, integer=True, none_ok=True)
     raw = DATASETS.get(name)(root)
     n = len(raw.train)
     n_calib = int(round(calib_size * n)) if isinstance(calib_size, float) and calib_size < 1 else int(calib_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def read_idx(path: Path, *, expect_ndim: int, expect_count: int | None = None,
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"cannot read {path} ({e}); the file is corrupt. {hint}") from e
     if len(data) < 4:
         raise DataError(f"{path} is truncated ({len(data)} bytes). {hint}")

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..check import number
 from ..errors import ConfigError
 from .frontier import Curve
 
@@ -82,10 +83,8 @@ class OperatingPoint:
 
 def check_guarantee_settings(tolerance: float, confidence: float, bound: str) -> None:
     """Raise ConfigError naming the allowed range for a bad tolerance, confidence or bound."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
-        raise ConfigError(f"tolerance must be a number in [0, 1) (0.01 = one accuracy point), got {tolerance!r}")
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1:
-        raise ConfigError(f"confidence must be a number in [0.5, 1), got {confidence!r}")
+    number("tolerance", tolerance, lo=0, hi=1, hi_open=True, hint=" (accuracy lost; 0.01 = one point)")
+    number("confidence", confidence, lo=0.5, hi=1, hi_open=True)
     if bound not in BOUNDS:
         raise ConfigError(f"unknown bound {bound!r}; use one of {list(BOUNDS)}")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, *, exact: bool | None = None) -> dict:
     """McNemar's test of two classifiers on the same samples (EBJR section 3.1).
@@ -20,8 +22,11 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, *, exact: bool | None 
 
     a = np.asarray(correct_a, bool)
     b = np.asarray(correct_b, bool)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.shape != b.shape or a.ndim != 1:
+        raise InputError(f"mcnemar needs two 1-D arrays of the same length (one entry per sample, both classifiers "
+                         f"on the same samples), got shapes {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise InputError("mcnemar needs at least one sample")
     table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
     n01, n10 = int(table[0, 1]), int(table[1, 0])
     if exact is None:
@@ -56,9 +61,9 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int
     conf = np.asarray(confidence, float)
     corr = np.asarray(correct, bool)
     if conf.shape != corr.shape or conf.ndim != 1:
-        raise ValueError(f"confidence {conf.shape} and correct {corr.shape} must be equal 1-D shapes")
-    if conf.size and (np.nanmin(conf) < 0 or np.nanmax(conf) > 1 or np.isnan(conf).any()):
-        raise ValueError("confidences must lie in [0, 1] and not be NaN")
+        raise InputError(f"confidence {conf.shape} and correct {corr.shape} must be 1-D arrays of the same length")
+    if conf.size and (np.isnan(conf).any() or np.nanmin(conf) < 0 or np.nanmax(conf) > 1):
+        raise InputError("confidences must lie in [0, 1] and not be NaN (pass max-softmax probabilities)")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)  # (N,) bin of each sample
     count = np.bincount(b, minlength=n_bins)

@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from ..check import number
 from ..errors import CheckpointError, ConfigError, NotFittedError
 from ..evaluate.frontier import Curve
 from ..evaluate.guarantee import OperatingPoint, check_guarantee_settings, choose_operating_point
@@ -130,6 +131,8 @@ class Method:
         self.check_fitted()
         if (budget_flops is None) == (target_accuracy is None):
             raise ConfigError("give exactly one of budget_flops and target_accuracy")
+        number("budget_flops", budget_flops, lo=0, lo_open=True, none_ok=True, hint=" (mean FLOPs per image)")
+        number("target_accuracy", target_accuracy, lo=0, hi=1, none_ok=True)
         c = self.calib_curve_
         if budget_flops is not None:
             ok = np.flatnonzero(c.cost <= budget_flops * (1 + 1e-9))

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ConfigError
+from ..check import number
+from ..errors import ConfigError, TraceError
 
 DEFAULT_GRID_G_PER_KWH = 400.0  # gCO2 per kWh, as in the backbone-selection paper
 DEFAULT_CPU_WATTS_PER_THREAD = 8.0  # stated power model for CPUs without an energy counter
@@ -115,6 +116,8 @@ def interleaved_latency(calls: dict[str, Callable[[], object]], *, rounds: int, 
     """
     if clock not in CLOCKS:
         raise ConfigError(f"unknown clock {clock!r}; use one of {sorted(CLOCKS)}")
+    number("rounds", rounds, lo=1, integer=True)
+    number("warmup", warmup, lo=0, integer=True)
     tick = CLOCKS[clock]
     for _ in range(warmup):
         for fn in calls.values():
@@ -201,6 +204,7 @@ class EnergyMeter:
     """
 
     def __init__(self, device: str | torch.device = "cpu", cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD):
+        number("cpu_watts_per_thread", cpu_watts_per_thread, lo=0)
         self.device = torch.device(device)
         self.cpu_watts_per_thread = cpu_watts_per_thread
         self._rapl = _rapl_files() if self.device.type == "cpu" else []
@@ -284,7 +288,7 @@ class PathCost:
         Zero samples cost nothing (the runtime skips the call).
         """
         if not self.latency:
-            raise ValueError(f"path {self.name} has no latency measurements")
+            raise TraceError(f"path {self.name} has no latency measurements; measure them with dyninfer.paths.measure_costs")
         bs = np.array(sorted(self.latency), dtype=float)
         ts = np.array([self.latency[int(b)].median_s for b in bs])
         b = np.asarray(batch, dtype=float)

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..check import number
 from ..errors import CheckpointError, ConfigError, DyninferError
 from .cost import model_bytes
 from .pool import BackbonePool
@@ -77,6 +78,8 @@ class BackboneManager:
 
     def __init__(self, pool: BackbonePool, budget_bytes: int, *, device: str | torch.device = "cpu",
                  wait_timeout_s: float = 60.0) -> None:
+        number("budget_bytes", budget_bytes, lo=1, integer=True)
+        number("wait_timeout_s", wait_timeout_s, lo=0)
         if budget_bytes < pool.largest_bytes:
             big = max(pool, key=lambda e: e.bytes)
             raise ConfigError(f"memory budget of {budget_bytes} bytes is smaller than the largest backbone "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..check import flag, number
 from ..registry import check_keys
 
 
@@ -19,6 +20,16 @@ class Recipe:
     augment: bool = True          # random shifts of up to `shift` pixels and horizontal flips
     shift: int = 2                # max translation in pixels for augmentation
     hflip: bool = True            # horizontal flips (right for clothes, wrong for digits)
+
+    def __post_init__(self) -> None:
+        number("epochs", self.epochs, lo=1, integer=True)
+        number("batch_size", self.batch_size, lo=1, integer=True)
+        number("lr", self.lr, lo=0, lo_open=True)
+        number("weight_decay", self.weight_decay, lo=0)
+        number("label_smoothing", self.label_smoothing, lo=0, hi=1, hi_open=True)
+        number("shift", self.shift, lo=0, integer=True)
+        flag("augment", self.augment)
+        flag("hflip", self.hflip)
 
     def to_dict(self) -> dict:
         return asdict(self)

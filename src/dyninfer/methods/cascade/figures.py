@@ -16,7 +16,8 @@ from ...report.tables import markdown_table
 from ...report.writer import Section
 from ...scores import make_score
 from ..base import FIGURES, Figures
-from .method import Cascade
+from ...errors import ConfigError
+from .method import ROUTERS, Cascade
 
 COLORS = {"energy": "C0", "energy+T": "C9", "max_softmax": "C1", "margin": "C2", "entropy": "C3", "random": "C7"}
 
@@ -26,6 +27,10 @@ class CascadeFigures:
     """Settings of the cascade's own figures."""
 
     routers: tuple[str, ...] = ("energy", "energy+T", "max_softmax", "margin", "entropy", "random")  # compared
+
+    def __post_init__(self) -> None:
+        if isinstance(self.routers, str) or not self.routers or any(r not in ROUTERS for r in self.routers):
+            raise ConfigError(f"routers must be a non-empty list from {list(ROUTERS)}, got {self.routers!r}")
 
 
 def _auroc(score: np.ndarray, correct: np.ndarray) -> float:

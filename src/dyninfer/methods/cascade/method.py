@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ...check import number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.outcome import Outcome
@@ -79,8 +80,8 @@ class Cascade(Method):
                                                              for t in temperatures)):
             raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")
         self._check_guarantee(tolerance, confidence, bound)
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-            raise ConfigError(f"grid must be an integer >= 2 (score quantiles per stage), got {grid!r}")
+        number("grid", grid, lo=2, integer=True, hint=" (score quantiles per stage)")
+        number("seed", seed, integer=True)
 
     # ------------------------------------------------------------------ fitting
     def _variants(self, router: str) -> list[Score]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from ...check import choice, number
 from ...errors import ConfigError
 from ...scores import make_score
 from ...runtime.cost import model_device
@@ -47,11 +48,13 @@ class SpecializeConfig:
     passes: int = 1               # times the stream is replayed (1: one online pass, as in the paper)
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or self.batch_size < 1 or self.momentum < 0 or self.weight_decay < 0 or self.passes < 1:
-            raise ConfigError(f"bad specialisation config {self}: need lr > 0, batch_size >= 1, passes >= 1, "
-                              f"momentum and weight_decay >= 0")
-        if self.lr_scale not in LR_SCALES:
-            raise ConfigError(f"unknown lr_scale {self.lr_scale!r}; use one of {LR_SCALES}")
+        number("lr", self.lr, lo=0, lo_open=True)
+        number("batch_size", self.batch_size, lo=1, integer=True)
+        number("momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        number("weight_decay", self.weight_decay, lo=0)
+        number("threshold", self.threshold)
+        number("passes", self.passes, lo=1, integer=True)
+        choice("lr_scale", self.lr_scale, LR_SCALES)
         make_score(self.score)
 
     def to_dict(self) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...data.datasets import Dataset
+from ...check import number
 from ...errors import ConfigError
 from ...runtime.cost import CLOCKS, PathCost, paired_overhead, torch_threads
 from ...scores import Score
@@ -55,8 +56,11 @@ class EarlyExitFigures:
     def __post_init__(self) -> None:
         if self.clock not in CLOCKS:
             raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
-        if isinstance(self.stream_seeds, bool) or not isinstance(self.stream_seeds, int) or self.stream_seeds < 1:
-            raise ConfigError(f"stream_seeds must be an integer >= 1, got {self.stream_seeds!r}")
+        number("stream_seeds", self.stream_seeds, lo=1, integer=True)
+        number("select_folds", self.select_folds, lo=2, integer=True)
+        number("adapt_batch", self.adapt_batch, lo=1, integer=True)
+        number("adapt_threshold", self.adapt_threshold)
+        number("threads", self.threads, lo=1, integer=True)
         if isinstance(self.subsets, str) or isinstance(self.adaptations, str) or isinstance(self.select_from, str):
             raise ConfigError("subsets, adaptations and select_from are lists of strings")
         unknown = sorted(set(self.budget) - set(Budget.__dataclass_fields__))

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ...check import number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.outcome import Outcome
@@ -69,8 +70,7 @@ class EarlyExit(Method):
         if score == "random":
             raise ConfigError("the random score cannot drive exits; use max_softmax, margin, entropy or energy")
         self._check_guarantee(tolerance, confidence, bound)
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-            raise ConfigError(f"grid must be an integer >= 2 (candidate thresholds), got {grid!r}")
+        number("grid", grid, lo=2, integer=True, hint=" (candidate thresholds)")
 
     def fit(self, calib: Trace, **kwargs: Any) -> "EarlyExit":
         """Choose the cheapest uniform threshold certified by the shared guarantee on the calibration trace."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ...check import number
 from ...errors import ConfigError, InputError
 from ...runtime.validate import check_batch
 
@@ -30,6 +31,8 @@ class ComplexityConfig:
     high_quantile: float = 0.99   # calibration quantile mapped to 1 (robust max)
 
     def __post_init__(self) -> None:
+        for name in ("edge_weight", "texture_weight", "low_quantile", "high_quantile"):
+            number(name, getattr(self, name), lo=0, hi=None if name.endswith("weight") else 1)
         if self.edge_weight < 0 or self.texture_weight < 0 or self.edge_weight + self.texture_weight <= 0:
             raise ConfigError(f"complexity weights must be >= 0 with a positive sum, got "
                               f"{self.edge_weight}, {self.texture_weight}")

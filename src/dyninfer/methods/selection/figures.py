@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ...check import number
 from ...errors import ConfigError
 from ...evaluate.frontier import hull_accuracy_at, upper_hull
 from ...evaluate.simulate import simulate_upfront
@@ -58,8 +59,14 @@ class SelectionFigures:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ConfigError(f"unknown selection variants {unknown}; known: {list(VARIANTS)}")
-        if self.timing_rounds < 1:
-            raise ConfigError(f"timing_rounds must be >= 1, got {self.timing_rounds}")
+        for name in ("timing_rounds", "overhead_repeats", "score_bins", "tv_image_size", "tv_stream"):
+            number(name, getattr(self, name), lo=1, integer=True)
+        number("heuristic_grid", self.heuristic_grid, lo=2, integer=True)
+        number("manager_stream", self.manager_stream, lo=0, integer=True, hint=" (0: the whole test split)")
+        for lam in self.table_lambdas:
+            number("table_lambdas", lam, lo=0, hi=1)
+        for b in self.tv_batches:
+            number("tv_batches", b, lo=1, integer=True)
 
 
 class LambdaChooser:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ...check import number
 from ...errors import ConfigError
 from ...evaluate.frontier import Curve, hull_accuracy_at
 from ...evaluate.outcome import Outcome
@@ -102,9 +103,8 @@ class Selection(Method):
             raise ConfigError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
         self._config(0.5)  # features, grid, complexity and policy settings fail here
         self._check_guarantee(tolerance, confidence, bound)
-        for name, v, lo in (("serving_batch", serving_batch, 1), ("bias_grid", bias_grid, 2)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        number("serving_batch", serving_batch, lo=1, integer=True)
+        number("bias_grid", bias_grid, lo=2, integer=True, hint=" (candidate cost biases)")
 
     def _config(self, lam: float) -> SelectorConfig:
         try:

@@ -9,18 +9,17 @@ again) and ``T_norm`` its measured time per image divided by the slowest backbon
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...check import choice, number
 from ...errors import ConfigError
+from ...runtime.cost import torch_threads
 
 MODES = ("greedy", "sampled")
 
@@ -42,12 +41,15 @@ class PolicyConfig:
     seed: int = 0                 # initialisation, sampling, split
 
     def __post_init__(self) -> None:
-        if self.baseline not in ("learned", "mean", "none"):
-            raise ConfigError(f"baseline must be 'learned', 'mean' or 'none', got {self.baseline!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1 or self.hidden < 1:
-            raise ConfigError("epochs, batch_size and hidden must be >= 1")
+        choice("baseline", self.baseline, ("learned", "mean", "none"))
+        number("val_fraction", self.val_fraction, lo=0, hi=1, hi_open=True)
+        for name in ("hidden", "epochs", "batch_size"):
+            number(name, getattr(self, name), lo=1, integer=True)
+        number("lr", self.lr, lo=0, lo_open=True)
+        for name in ("weight_decay", "entropy_coef", "value_coef"):
+            number(name, getattr(self, name), lo=0)
+        number("threads", self.threads, lo=1, integer=True, none_ok=True)
+        number("seed", self.seed, integer=True)
 
 
 class PolicyNet(nn.Module):
@@ -122,20 +124,6 @@ class TrainHistory:
     val_reward: list[float] = field(default_factory=list)
     best_epoch: int = -1
     val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # calibration rows held out
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (None: leave as is)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def train_reinforce(inputs: torch.Tensor, reward: np.ndarray, config: PolicyConfig | None = None, *,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...check import flag, number
 from ...errors import ConfigError, NotFittedError, TraceError
 from ...runtime.validate import check_batch
 from ...trace import Trace
@@ -45,12 +46,13 @@ class SelectorConfig:
             self.complexity = ComplexityConfig(**self.complexity)
         if isinstance(self.policy, dict):
             self.policy = PolicyConfig(**self.policy)
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"lambda must be in [0, 1], got {self.lam}")
+        number("lam", self.lam, lo=0, hi=1)
         if self.features not in FEATURES:
             raise ConfigError(f"unknown features {self.features!r}; known: {list(FEATURES)}")
-        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
-            raise ConfigError(f"grid must be a positive integer, got {self.grid!r}")
+        number("grid", self.grid, lo=1, integer=True)
+        number("serving_batch", self.serving_batch, lo=1, integer=True)
+        flag("use_features", self.use_features)
+        flag("use_complexity", self.use_complexity)
         if not (self.use_features or self.use_complexity):
             raise ConfigError("the policy needs an input: set use_features or use_complexity")
 
