@@ -1,6 +1,7 @@
 import gzip
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,38 @@ def test_imagefolder(tmp_path):
     ds = load_dataset("imagefolder", root=tmp_path, calib_size=2)
     assert ds.spec.input_shape == (3, 32, 32) and ds.spec.class_names == ("cat", "dog")
     assert len(ds.train) == 6 and len(ds.test) == 8
+
+
+FM_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz")
+
+
+def test_caches_are_keyed_by_data_content_not_folder(tmp_path):
+    """The same Fashion-MNIST files in another folder reuse the cached model; changed test images retrain."""
+    import shutil
+
+    from dyninfer.data.idx import read_idx, write_idx
+    from dyninfer.train import Recipe, cached_model
+
+    src = Path("/usr/share/datasets/fashion-mnist")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        for name in FM_FILES:
+            shutil.copyfile(src / name, folder / name)
+    kw = dict(calib_size=200, train_limit=300, test_limit=200)
+    da, db = load_dataset("fashion-mnist", root=a, **kw), load_dataset("fashion-mnist", root=b, **kw)
+    assert da.meta["source"] != db.meta["source"] and da.fingerprint == db.fingerprint
+    logs: list[str] = []
+    recipe = Recipe(epochs=1, batch_size=64)
+    root = tmp_path / "ckpt"
+    cached_model("cnn-s", da, recipe, root=root, progress=False, log=logs.append)
+    cached_model("cnn-s", db, recipe, root=root, progress=False, log=logs.append)
+    assert logs[0].startswith("[train]") and logs[1].startswith("[cache]")  # moved data: reused
+    images = read_idx(b / FM_FILES[2], expect_ndim=3).copy()
+    images[:, 0, 0] ^= 1  # one pixel of every test image
+    write_idx(b / FM_FILES[2], images)
+    dc = load_dataset("fashion-mnist", root=b, **kw)
+    assert dc.fingerprint != da.fingerprint
+    cached_model("cnn-s", dc, recipe, root=root, progress=False, log=logs.append)
+    assert logs[2].startswith("[train]")  # changed data: the stale checkpoint is not reused

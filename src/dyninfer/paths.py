@@ -128,6 +128,8 @@ class PathSet:
             raise CheckpointError(f"no path set at {folder} (paths.json missing); save the policy again") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{folder / 'paths.json'} is corrupt ({e}); save the policy again") from None
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{folder / 'paths.json'} is not a path-set description; save the policy again")
         kind = info.get("kind")
         if kind == "pool":
             models = {n: load_checkpoint(folder / f"{n}.pt", map_location=device)[0] for n in info["names"]}

@@ -72,12 +72,13 @@ class Cascade(Method):
         self.bound = bound
         self.grid = grid
         self.seed = seed
-        if stages is not None and (isinstance(stages, str) or len(stages) < 2 or len(set(stages)) != len(stages)):
+        if stages is not None and (not isinstance(stages, (list, tuple)) or len(stages) < 2
+                                   or len(set(stages)) != len(stages)):
             raise ConfigError(f"stages must be 2 or more distinct path names, got {stages!r}")
-        if isinstance(scores, str) or not scores or any(s not in ROUTERS for s in scores):
+        if not isinstance(scores, (list, tuple)) or not scores or any(s not in ROUTERS for s in scores):
             raise ConfigError(f"scores must be a non-empty list of routers from {list(ROUTERS)}, got {scores!r}")
-        if "energy+T" in scores and (not temperatures or any(not (isinstance(t, (int, float)) and t > 0)
-                                                             for t in temperatures)):
+        if "energy+T" in scores and (not isinstance(temperatures, (list, tuple)) or not temperatures or any(
+                isinstance(t, bool) or not (isinstance(t, (int, float)) and t > 0) for t in temperatures)):
             raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")
         self._check_guarantee(tolerance, confidence, bound)
         number("grid", grid, lo=2, integer=True, hint=" (score quantiles per stage)")

@@ -98,7 +98,7 @@ class Selection(Method):
         self.confidence = confidence
         self.bound = bound
         self.bias_grid = bias_grid
-        if isinstance(lambdas, (str, bytes)) or not lambdas or any(
+        if not isinstance(lambdas, (list, tuple)) or not lambdas or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in lambdas):
             raise ConfigError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
         self._config(0.5)  # features, grid, complexity and policy settings fail here
