@@ -155,3 +155,18 @@ def test_cli_lists_methods_with_their_settings(capsys):
 def test_loading_a_folder_without_a_policy_says_what_to_do(tmp_path):
     with pytest.raises(CheckpointError, match="dyninfer run METHOD"):
         load_policy(tmp_path)
+
+
+def test_the_readme_example_runs(digits_prepared, tmp_path, monkeypatch):
+    """The README's 'own models' snippet, run as written on the tiny digits models."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"## Using it on your own models\n\n```python\n(.*?)```", text, re.S).group(1)
+    data = digits_prepared.data
+    monkeypatch.chdir(tmp_path)
+    env = {"small_model": digits_prepared.paths.models["cnn-s"], "big_model": digits_prepared.paths.models["cnn-m"],
+           "calib_images": data.calib.x, "calib_split": data.calib, "batch": data.test.x[:32]}
+    exec(compile(code.replace("(3, 32, 32)", "(1, 8, 8)").replace("2e6", "1e6"), "README.md", "exec"), env)
+    assert env["result"].pred.shape == (32,) and (tmp_path / "my-policy" / "policy.json").exists()
