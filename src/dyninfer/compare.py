@@ -21,50 +21,35 @@ import numpy as np
 from .errors import ConfigError
 from .harness import load_data, prepare
 from .methods import METHODS, create_method
-from .pipeline import Evaluation, RunConfig, check_run_settings, curve_times, evaluate
+from .pipeline import Evaluation, RunConfig, RunSettings, curve_times, evaluate
 from .presets import get_preset
 from .report.plots import tradeoff_plot
 from .report.tables import markdown_table
 from .report.writer import Section, provenance, write_report
-from .runtime.cost import DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, torch_threads
+from .runtime.cost import torch_threads
 
 COLORS = {"cascade": "C0", "early-exit": "C1", "selection": "C2"}
 
 
-@dataclass
-class CompareConfig:
-    """Settings of ``dyninfer compare`` (see :class:`~dyninfer.pipeline.RunConfig` for the shared ones).
+@dataclass(kw_only=True)
+class CompareConfig(RunSettings):
+    """Settings of ``dyninfer compare`` (the shared ones: :class:`~dyninfer.pipeline.RunSettings`).
 
     Attributes:
         methods: methods to compare (None: every registered one).
         params: method name -> its settings.
     """
 
-    preset: str = "quick"
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    seed: int = 0
-    device: str = "cpu"
     methods: tuple[str, ...] | None = None
     params: dict = field(default_factory=dict)
-    serving_batch: int = 256
-    threads: int | None = None
-    clock: str = "wall"
-    grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH
-    cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD
-    progress: bool = True
 
     def __post_init__(self) -> None:
         for m in list(self.methods or ()) + list(self.params):
             METHODS.get(m)
-        check_run_settings(self)
+        super().__post_init__()
 
     def run_config(self, method: str) -> RunConfig:
-        return RunConfig(method=method, preset=self.preset, dataset=self.dataset, data_root=self.data_root,
-                         seed=self.seed, device=self.device, params=dict(self.params.get(method, {})), figures=None,
-                         serving_batch=self.serving_batch, threads=self.threads, clock=self.clock,
-                         grid_g_per_kwh=self.grid_g_per_kwh, cpu_watts_per_thread=self.cpu_watts_per_thread,
-                         progress=self.progress)
+        return RunConfig(**self.settings(), method=method, params=dict(self.params.get(method, {})), figures=None)
 
 
 def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print,

@@ -16,7 +16,7 @@ In this order:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,18 +43,15 @@ from .runtime.cost import (CLOCKS, DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_
 from .trace import Trace
 
 
-@dataclass
-class RunConfig:
-    """One run of one method (what ``dyninfer run`` does; unknown keys are errors).
+@dataclass(kw_only=True)
+class RunSettings:
+    """What every run and comparison sets (unknown keys are errors).
 
     Attributes:
-        method: registry name (``dyninfer list methods``).
         preset: data, paths and measurement budget (``tiny``, ``quick``, ``full``).
         dataset, data_root: the data.
-        seed: splits, training, the method's randomness.
+        seed: splits, training, the methods' randomness.
         device: torch device.
-        params: the method's settings (``dyninfer list methods`` shows them).
-        figures: settings of the method's own figures; None skips them.
         serving_batch: batch size of throughput and energy measurements.
         threads: torch intra-op threads for the whole run (None: torch's default); restored after.
         clock: clock of the batch-1 timings, ``wall`` or ``cpu`` (CPU time of the timing thread).
@@ -63,14 +60,11 @@ class RunConfig:
         progress: progress bars.
     """
 
-    method: str
     preset: str = "quick"
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     seed: int = 0
     device: str = "cpu"
-    params: dict = field(default_factory=dict)
-    figures: dict | None = field(default_factory=dict)
     serving_batch: int = 256
     threads: int | None = None
     clock: str = "wall"
@@ -79,21 +73,39 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        get_preset(self.preset)
+        number("seed", self.seed, integer=True)
+        number("serving_batch", self.serving_batch, lo=1, integer=True)
+        number("threads", self.threads, lo=1, integer=True, none_ok=True)
+        choice("clock", self.clock, sorted(CLOCKS))
+        number("grid_g_per_kwh", self.grid_g_per_kwh, lo=0)
+        number("cpu_watts_per_thread", self.cpu_watts_per_thread, lo=0)
+
+    def settings(self) -> dict:
+        """The shared settings alone (to build another config from them)."""
+        return {f.name: getattr(self, f.name) for f in fields(RunSettings)}
+
+
+@dataclass(kw_only=True)
+class RunConfig(RunSettings):
+    """One run of one method (what ``dyninfer run`` does).
+
+    Attributes:
+        method: registry name (``dyninfer list methods``).
+        params: the method's settings (``dyninfer list methods`` shows them).
+        figures: settings of the method's own figures; None skips them.
+        (the rest: :class:`RunSettings`)
+    """
+
+    method: str
+    params: dict = field(default_factory=dict)
+    figures: dict | None = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
         METHODS.get(self.method)  # unknown method: ConfigError naming the known ones
-        check_run_settings(self)
+        super().__post_init__()
         if not isinstance(self.params, dict) or not (self.figures is None or isinstance(self.figures, dict)):
             raise ConfigError("params must be a dict of method settings, figures a dict or None")
-
-
-def check_run_settings(cfg) -> None:
-    """The settings a run and a comparison share (ConfigError naming the allowed range)."""
-    get_preset(cfg.preset)
-    number("seed", cfg.seed, integer=True)
-    number("serving_batch", cfg.serving_batch, lo=1, integer=True)
-    number("threads", cfg.threads, lo=1, integer=True, none_ok=True)
-    choice("clock", cfg.clock, sorted(CLOCKS))
-    number("grid_g_per_kwh", cfg.grid_g_per_kwh, lo=0)
-    number("cpu_watts_per_thread", cfg.cpu_watts_per_thread, lo=0)
 
 
 @dataclass
@@ -261,7 +273,7 @@ def _pct(v: float) -> str:
 
 def shared_sections(ev: Evaluation) -> list[Section]:
     """The sections every method's report has: operating point, paths, runtime, trade-off plots."""
-    r, m = ev.results, ev.method
+    r = ev.results
     op, tm, en = r["operating_point"], r["timing"], r["energy"]
     sb = tm["serving_batch"]
     head = [f"- Operating point (chosen on the calibration split): knob `{_fmt_knob(r['knob'])}`.",
@@ -409,4 +421,4 @@ def run(cfg: RunConfig, out: str | Path, *, log: Callable[[str], None] = print, 
     return folder
 
 
-__all__ = ["Evaluation", "RunConfig", "evaluate", "load_data", "run", "shared_sections"]
+__all__ = ["Evaluation", "RunConfig", "RunSettings", "evaluate", "load_data", "run", "shared_sections"]

@@ -13,11 +13,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import TraceError
 from .io import atomic_dir, digest

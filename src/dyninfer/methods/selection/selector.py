@@ -21,7 +21,7 @@ from ...runtime.validate import check_batch
 from ...trace import Trace
 from .complexity import ComplexityAnalyser, ComplexityConfig
 from .features import FEATURES, make_features
-from .policy import PolicyConfig, PolicyNet, rewards, train_reinforce
+from .policy import PolicyConfig, rewards, train_reinforce
 
 def time_per_image(trace: Trace, batch: int) -> np.ndarray:
     """(P,) measured seconds per image of every path of ``trace`` at ``batch`` (from its PathCosts)."""
