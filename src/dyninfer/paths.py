@@ -288,7 +288,7 @@ class StagedNetwork(PathSet):
 
 
 class _Segments(nn.Module):
-    """Segments 0..p of a network, no heads (FLOPs of what a switched-off exit still costs)."""
+    """Segments 0..p of a network, no heads (the FLOPs a runtime forced past those exits still pays)."""
 
     def __init__(self, net: EarlyExitNetwork, p: int) -> None:
         super().__init__()

@@ -137,8 +137,8 @@ def _measure(ev, cfg: EarlyExitFigures, log: Callable[[str], None]) -> dict:
             "judged_on": "medians of interleaved batch-1 calls. met_heads: the paper's measurement (fixed last exit "
                          "computing every intermediate head vs the baseline network); met_runtime: the runtime forced "
                          "to the last exit (heads + softmax + threshold decisions) vs the baseline network run as a "
-                         "single runtime stage (same input checks); reference: the runtime at the reference "
-                         "knob (earlier exits switched off, their heads not run) vs the plain network",
+                         "single runtime stage (same input checks); reference: the runtime forced to the last "
+                         "exit (Runtime.force: earlier heads not run) vs the plain network",
             "paired_heads_only": paired_overhead(lat, f"module_exit{P - 1}", "baseline"),
             "paired_runtime": paired_overhead(lat, f"runtime_exit{P - 1}", "runtime_baseline"),
             "met_heads": bool(med[f"module_exit{P - 1}"] / med["baseline"] - 1 < 0.05),
@@ -151,7 +151,7 @@ def _measure(ev, cfg: EarlyExitFigures, log: Callable[[str], None]) -> dict:
     a, o = targets["t1_accuracy_at_0.9_vs_final"], targets["t2_head_overhead"]
     log(f"[targets] threshold 0.9: {100 * a['accuracy_0.9']:.2f}% vs {100 * a['accuracy_final_exit']:.2f}%, latency "
         f"{100 * a['latency_reduction_model']:.1f}% lower (exit model), {100 * a['latency_reduction_measured']:.1f}% "
-        f"(measured); heads {o['overhead_heads_only_pct']:+.2f}%, runtime at the reference knob vs plain "
+        f"(measured); heads {o['overhead_heads_only_pct']:+.2f}%, runtime forced to the last exit vs plain "
         f"{o['overhead_reference_runtime_vs_plain_pct']:+.2f}%")
 
     adapt_defaults = dict(batch_size=cfg.adapt_batch, score=method.score, threshold=cfg.adapt_threshold)

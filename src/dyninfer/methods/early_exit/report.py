@@ -79,7 +79,7 @@ def markdown(res: dict) -> str:
               f"{o['overhead_runtime_pct']:+.2f}% (means {o['overhead_runtime_means_pct']:+.2f}%); runtime vs plain baseline "
               f"{o['overhead_runtime_vs_plain_baseline_pct']:+.2f}%{_paired(o)} | heads: {'yes' if o['met_heads'] else 'no'}; "
               f"with runtime decisions: {'yes' if o['met_runtime'] else 'no'} |",
-              f"| The runtime at the reference knob (earlier exits off) costs at most 3% more than the plain network | "
+              f"| The runtime forced to the last exit (earlier heads not run) costs at most 3% more than the plain network | "
               f"{o['runtime_reference_median_ms']:.3f} vs {o['baseline_median_ms']:.3f} ms: "
               f"{o['overhead_reference_runtime_vs_plain_pct']:+.2f}%; paired "
               f"{o['paired_reference_runtime_vs_plain']['pct']:+.2f}% [{o['paired_reference_runtime_vs_plain']['ci_low_pct']:+.2f}, "
