@@ -84,6 +84,11 @@ def test_runtime_equals_simulate_at_several_knobs(case):
     _, _, method, _, _, prep = case
     rt = method.runtime(prep.paths)
     x = prep.test.inputs()
+    res, sim = rt.run(x, batch_size=64), method.simulate(prep.test)  # the fitted operating point
+    assert np.array_equal(res.pred.numpy(), sim.pred) and np.array_equal(res.path.numpy(), sim.path)
+    assert res.mean_flops == pytest.approx(sim.mean_flops, rel=1e-9)
+    assert (rt.forced is None) == method.operating_point_.certified  # uncertified: the reference path alone
+    rt.force(None)
     for knob in _knobs(method, prep.test):
         rt.knob = knob
         res = rt.run(x, batch_size=64)
@@ -115,7 +120,7 @@ def test_forced_runtime_equals_simulate_forced(case):
         assert np.array_equal(res.pred.numpy(), sim.pred) and np.array_equal(res.path.numpy(), sim.path)
         assert res.mean_flops == pytest.approx(sim.mean_flops)
     rt.force(None)
-    assert np.array_equal(rt.run(prep.test.inputs(), 128).path.numpy(), method.simulate(prep.test).path)
+    assert np.array_equal(rt.run(prep.test.inputs(), 128).path.numpy(), method.simulate(prep.test, method.knob_).path)
 
 
 def test_save_load_round_trip(case, tmp_path):

@@ -13,13 +13,13 @@ from dyninfer.scores import make_score
 
 @pytest.fixture(scope="module")
 def cascade(digits_prepared):
-    return Cascade(scores=("energy",)).fit(digits_prepared.calib)
+    return Cascade(scores=("energy",), tolerance=0.02).fit(digits_prepared.calib)
 
 
 @pytest.mark.parametrize("score", ["energy", "max_softmax", "margin", "entropy"])
 def test_runtime_predictions_equal_trace_simulation(digits_prepared, score):
     prep = digits_prepared
-    c = Cascade(scores=(score,)).fit(prep.calib)
+    c = Cascade(scores=(score,), tolerance=0.02).fit(prep.calib)
     rt = c.runtime(prep.paths)
     trace = prep.test.select(c.stages_)
     s0 = c.scores_on(prep.test)[0]

@@ -152,7 +152,7 @@ def test_guarantee_settings_and_an_uncertifiable_curve():
     assert op.certified and op.calib_loss == 0.0  # forwarding everything loses nothing: always certifiable
     from dyninfer.evaluate import Curve
 
-    lossy = Curve("lossy", np.array([[0.0], [1.0]]), np.array([0.8, 0.7]), np.array([10.0, 5.0]),
+    lossy = Curve("lossy", np.array([[1.0], [0.0]]), np.array([0.8, 0.7]), np.array([10.0, 5.0]),
                   {"ref_only": np.array([0.05, 0.15]), "method_only": np.array([0.0, 0.0])})
     bad = choose_operating_point(lossy, 1000, tolerance=0.01, confidence=0.95)
     assert not bad.certified and bad.index == 0 and bad.tested == 1  # the sequence stops at its first point
@@ -237,3 +237,41 @@ def test_trace_round_trip_and_corruption(tmp_path):
         Trace.load(tmp_path / "none")
     with pytest.raises(TraceError, match="do not fit"):
         Trace(["a"], np.zeros((2, 3, 4), np.float32), np.zeros(3, int), [PathCost("a", 1, 1, 1)])
+
+
+def test_sweep_cuts_agree_with_simulation_on_neighbouring_float32_scores():
+    """Scores one float32 step apart (max-softmax near 1.0 bunches like this): every sweep point must be what
+    the simulation (and the runtime, which compares in float32) does at that threshold."""
+    tr = make_trace(n=6).select(["p0", "p2"])
+    base = np.float32(0.5)
+    s = np.array([[base, np.nextafter(base, np.float32(1)), base, np.float32(0.75),
+                   np.nextafter(np.float32(0.75), np.float32(0)), np.float32(0.9)]], np.float32)
+    cv = sweep(tr, None, scores=s)
+    for i in range(len(cv)):
+        out = simulate(tr, make_score("max_softmax"), cv.settings[i], scores=s)
+        assert out.accuracy == pytest.approx(cv.accuracy[i]) and out.mean_flops == pytest.approx(cv.cost[i]), i
+        keep = s[0] >= np.float32(cv.settings[i][0])  # the runtime's comparison
+        assert np.array_equal(out.path == 0, keep)
+
+
+def test_knob_order_uses_knob_values_not_labels():
+    from dyninfer.evaluate.guarantee import knob_order
+
+    assert knob_order(np.array([[0.2], [0.9], [0.5]])).tolist() == [1, 2, 0]  # thresholds: larger costs more
+    assert knob_order(np.array([[0.2], [0.9], [0.5]]), direction=-1).tolist() == [0, 2, 1]  # a cost bias
+    grid = np.array([[a, b] for a in (0.1, 0.5, np.inf) for b in (0.2, 0.8)])
+    order = knob_order(grid)
+    assert order[0] == 5 and order[-1] == 0  # (inf, 0.8) first, (0.1, 0.2) last
+    tr = make_trace(n=300, seed=5)
+    cv = sweep(tr, make_score("margin"), grid=5)
+    shuffled = Trace(tr.paths, tr.logits, np.random.default_rng(0).permutation(tr.labels), tr.costs)
+    assert np.array_equal(knob_order(cv.settings), knob_order(sweep(shuffled, make_score("margin"), grid=5).settings))
+
+
+def test_a_few_disagreements_cannot_certify_a_point_alone():
+    # 2 ref-only disagreements in 5000 samples at a 0.1-point tolerance: the exact binomial p-value is 0.125
+    p = clt_pvalues(np.array([2 / 5000]), np.array([0.0]), 5000, 0.001)
+    assert p[0] > 0.05
+    # even none at all certifies 0.1 points only with enough samples (exact: P(Bin(n, 0.001) = 0) = e^(-n/1000))
+    assert 0.005 < clt_pvalues(np.array([0.0]), np.array([0.0]), 5000, 0.001)[0] < 0.05
+    assert clt_pvalues(np.array([0.0]), np.array([0.0]), 20000, 0.001)[0] < 1e-4

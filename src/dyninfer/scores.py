@@ -7,7 +7,7 @@ max_softmax    max_k p_k                                              EBJR eq. 1
 margin         p_(1) - p_(2)                                          
 entropy        -H(p) = sum_k p_k log p_k  (negated entropy)           EBJR eq. 22
 energy         -F(x) = T * logsumexp(z / T)  (negative free energy)   EBJR eq. 3, 6
-random         U(0, 1), seeded (a baseline that ignores the input)
+random         U(0, 1) per input, from a seeded hash of its logits (a baseline that ignores confidence)
 =============  =====================================================  ==========================
 
 Scores take logits (N, K) as a torch tensor and return (N,) float32. The same function runs in
@@ -104,7 +104,11 @@ class NegFreeEnergy(Score):
 
 @SCORES.register("random")
 class RandomScore(Score):
-    """Uniform random scores from a seeded generator: forwards a random share of inputs."""
+    """Scores uniform in [0, 1) and unrelated to confidence: forwards a random share of inputs.
+
+    Each input's score is a seeded hash of its logits (a random projection, then the fractional part of a
+    large multiple of its sine), so the same input gets the same score in a trace and in the runtime, in
+    any batch."""
 
     name = "random"
     deterministic = False
@@ -113,7 +117,9 @@ class RandomScore(Score):
         number("random score seed", seed, integer=True)
         super().__init__()
         self.params = {"seed": int(seed)}
-        self._g = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.rand(logits.shape[0], generator=self._g)
+        z = logits.double()
+        w = torch.randn(z.shape[-1], generator=torch.Generator().manual_seed(self.params["seed"]),
+                        dtype=torch.float64)
+        return torch.frac(torch.sin(z @ w).abs() * 43758.5453).float()

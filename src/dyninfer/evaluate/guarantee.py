@@ -7,14 +7,18 @@ was picked from a whole grid of candidates (Angelopoulos et al., "Learn then Tes
 
 Each candidate knob j is a null hypothesis H_j: loss_j > tolerance, where loss_j = E[ref right] -
 E[policy right] is paired per sample. The candidates are tested in a fixed sequence, from the most
-expensive (loss near 0) to the cheapest, each at the full level delta = 1 - confidence, stopping at
-the first one not rejected (fixed-sequence testing controls the family-wise error without dividing
-delta by the grid size). The cheapest rejected candidate is the operating point.
+expensive knob value to the cheapest, each at the full level delta = 1 - confidence, stopping at the
+first one not rejected (fixed-sequence testing controls the family-wise error without dividing delta
+by the grid size). The order comes from the knob values alone, never from calibration labels: by
+value for a one-dimensional knob, by the sum of per-dimension ranks (ties lexicographic) for a
+cascade's several thresholds. The cheapest rejected candidate is the operating point.
 
 p-values of the paired loss d_i in {-1, 0, 1}:
 
 * ``clt``: one-sided normal test of the mean with the paired variance (a + b - (a - b)^2, a and b the
-  two disagreement shares). Asymptotically valid; the tightest.
+  two disagreement shares), floored at the variance a loss of exactly ``tolerance`` would have
+  (tolerance * (1 - tolerance)), so that a handful of disagreements cannot certify a point on its own.
+  Asymptotically valid (a normal approximation); the tightest.
 * ``wsr``: the betting test of Waudby-Smith and Ramdas (2023, predictable plug-in bets) on
   x_i = (d_i + 1) / 2 in [0, 1]; valid for every n, adaptive to the small variance of paired
   disagreements. The disagreements are laid out in one seeded random order (the samples are
@@ -43,11 +47,11 @@ class OperatingPoint:
 
     Attributes:
         index: the chosen point of the calibration curve.
-        certified: whether the guarantee holds for it (False: no candidate could be certified, the
-            most expensive point was taken instead).
+        certified: whether the guarantee holds for it (False: no candidate could be certified; the method
+            then runs the reference path alone, and ``index`` is the most expensive candidate).
         tolerance, confidence, bound: what was guaranteed, and how (see the module doc).
         reference: the reference path's name.
-        candidates: knob values on the grid; tested: hypotheses tested before the sequence stopped.
+        candidates: knob values on the grid; tested: hypotheses tested, the one that stopped the sequence included.
         configurations: configurations the method chose among (Bonferroni factor).
         calib_accuracy, calib_flops, calib_loss: the chosen point on calibration.
         pvalue: its p-value (``clt``) or 1 / its largest betting capital (``wsr``).
@@ -72,10 +76,12 @@ class OperatingPoint:
         corr = f", Bonferroni over {self.configurations} configurations" if self.configurations > 1 else ""
         if not self.certified:
             return (f"No knob value could be certified to lose at most {100 * self.tolerance:.2f} points against "
-                    f"{self.reference} with {100 * self.confidence:g}% confidence; the most expensive point was kept.")
+                    f"{self.reference} with {100 * self.confidence:g}% confidence; the policy runs {self.reference} "
+                    f"alone.")
+        how = "normal-approximation p-values, asymptotic" if self.bound == "clt" else "betting test, valid at every n"
         return (f"With probability at least {100 * self.confidence:g}% over the calibration sample, the accuracy lost "
                 f"against {self.reference} is at most {100 * self.tolerance:.2f} points (Learn-then-Test, fixed-sequence "
-                f"testing over {self.candidates} knob values ordered by calibration cost, {self.bound} p-values{corr}).")
+                f"testing over {self.candidates} knob values from the most expensive, {how}{corr}).")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "statement": self.statement()}
@@ -95,7 +101,8 @@ def clt_pvalues(ref_only: np.ndarray, method_only: np.ndarray, n: int, tolerance
 
     a, b = np.asarray(ref_only, float), np.asarray(method_only, float)
     mean = a - b
-    se = np.sqrt(np.maximum(a + b - mean ** 2, 0.0) / max(n - 1, 1))
+    var = np.maximum(a + b - mean ** 2, tolerance * (1 - tolerance))  # never below the variance at the null boundary
+    se = np.sqrt(var / max(n - 1, 1))
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, (tolerance - mean) / np.where(se > 0, se, 1), np.where(mean <= tolerance, np.inf, -np.inf))
     return norm.sf(z)
@@ -119,8 +126,22 @@ def wsr_rejects(n_ref_only: int, n_method_only: int, n: int, tolerance: float, d
     return best >= 1 / delta, min(1.0, 1 / best)
 
 
+def knob_order(settings: np.ndarray, direction: int = 1) -> np.ndarray:
+    """Indices of knob values (M, D) from the most expensive to the cheapest, from the values alone.
+
+    ``direction`` +1: a larger value costs more (thresholds); -1: a larger value costs less (a cost bias).
+    One dimension: by value. Several: by the sum of each dimension's rank, ties lexicographic."""
+    s = np.asarray(settings, float) * direction
+    if s.ndim == 1:
+        s = s[:, None]
+    ranks = np.stack([np.unique(col, return_inverse=True)[1].ravel() for col in s.T], 1)  # (M, D)
+    keys = [-ranks[:, d] for d in reversed(range(ranks.shape[1]))] + [-ranks.sum(1)]
+    return np.lexsort(keys)
+
+
 def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence: float, bound: str = "clt",
-                           reference: str = "reference", configurations: int = 1, seed: int = 0) -> OperatingPoint:
+                           reference: str = "reference", configurations: int = 1, direction: int = 1,
+                           seed: int = 0) -> OperatingPoint:
     """Learn-then-Test with fixed-sequence testing over the points of a calibration ``curve``.
 
     Args:
@@ -131,6 +152,7 @@ def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence
         bound: ``clt`` or ``wsr`` (see the module doc).
         reference: the reference path's name (for the statement).
         configurations: how many configurations the caller picks among (each tested at delta / K).
+        direction: how the knob orders cost (see :func:`knob_order`).
 
     Returns:
         an :class:`OperatingPoint`; ``certified`` False if even the first (most expensive) point fails.
@@ -140,7 +162,7 @@ def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence
         raise ConfigError("cannot choose an operating point on an empty curve")
     delta = (1 - confidence) / max(configurations, 1)
     a, b = curve.extra["ref_only"], curve.extra["method_only"]
-    order = np.lexsort((-curve.accuracy, -curve.cost))  # most expensive first; ties: most accurate first
+    order = knob_order(curve.settings, direction)
     pvals = clt_pvalues(a, b, n, tolerance) if bound == "clt" else None
     certified: list[tuple[int, float]] = []
     tested = 0

@@ -31,6 +31,8 @@ def stage_scores(trace: Trace, score: Score | Sequence[Score]) -> np.ndarray:
     """(P-1, N) score of every stage but the last, computed with the runtime's own function."""
     P = len(trace.paths)
     scores = [score] * (P - 1) if isinstance(score, Score) else list(score)
+    if len(scores) < P - 1:
+        raise ConfigError(f"need {P - 1} per-stage scores for {P} stages, got {len(scores)}")
     if P == 1:
         return np.zeros((0, trace.n), np.float32)
     return np.stack([scores[p](trace.logits_of(p)).numpy() for p in range(P - 1)])
@@ -64,8 +66,8 @@ def simulate_sequential(trace: Trace, score: Score | Sequence[Score], thresholds
     return Outcome(trace.preds[ex, np.arange(trace.n)], ex, cost[ex], trace.labels, ran)
 
 
-def simulate_forced(trace: Trace, p: int, *, sequential: bool, overhead_flops: float = 0.0) -> Outcome:
-    """Every sample sent to path ``p`` with no decision (a runtime's ``force(p)``)."""
+def simulate_forced(trace: Trace, p: int, *, sequential: bool) -> Outcome:
+    """Every sample sent to path ``p`` with no decision (a runtime's ``force(p)``: no chooser runs either)."""
     flops, skip = _flops(trace)
     n, P = trace.n, len(trace.paths)
     ran = np.zeros((n, P))
@@ -74,7 +76,7 @@ def simulate_forced(trace: Trace, p: int, *, sequential: bool, overhead_flops: f
         ran[:, :p] = np.divide(skip, flops, out=np.zeros(P), where=flops > 0)[None, :p]
         cost = forced_flops(flops, skip, p)
     else:
-        cost = flops[p] + overhead_flops
+        cost = flops[p]
     return Outcome(trace.preds[p].copy(), np.full(n, p), np.full(n, float(cost)), trace.labels, ran)
 
 
@@ -106,18 +108,26 @@ def oracle(trace: Trace, *, sequential: bool = True) -> Outcome:
     return Outcome(trace.preds[ex, np.arange(trace.n)], ex, cum[ex], trace.labels, ran)
 
 
-def disagreements(trace: Trace, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) ``ref_only`` and ``method_only`` shares for M outcomes' correctness (M, N) against the last path."""
-    ref = trace.correct[-1][None]
+def disagreements(trace: Trace, correct: np.ndarray, reference: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(M,) ``ref_only`` and ``method_only`` shares for M outcomes' correctness (M, N) against the reference path."""
+    ref = trace.correct[reference][None]
     correct = np.atleast_2d(correct)
     return (ref & ~correct).mean(1), (correct & ~ref).mean(1)
 
 
-def _midpoints(v: np.ndarray) -> np.ndarray:
-    """Thresholds separating consecutive distinct values of v, plus accept-all and accept-none."""
-    u = np.unique(v.astype(np.float64))
-    mids = (u[:-1] + u[1:]) / 2 if u.size > 1 else np.empty(0)
-    return np.concatenate([[-np.inf], mids, [np.inf]])
+def _cuts(v: np.ndarray) -> np.ndarray:
+    """Every distinct float32 value of v above the lowest, plus accept-all (-inf) and accept-none (+inf).
+
+    A threshold equal to a score keeps that score (``score >= t``); float32 thresholds compare exactly as
+    the runtime compares them (in float32), so each cut separates the same samples there."""
+    u = np.unique(v.astype(np.float32))
+    return np.concatenate([[-np.inf], u[1:].astype(np.float64), [np.inf]])
+
+
+def float32_grid(values: np.ndarray) -> np.ndarray:
+    """Candidate thresholds rounded to float32 (the runtime's precision) and deduplicated, as float64."""
+    v = np.asarray(values, np.float64)
+    return np.unique(np.where(np.isfinite(v), v.astype(np.float32).astype(np.float64), v))
 
 
 def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, grid: int = 40, label: str | None = None,
@@ -144,10 +154,10 @@ def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, gri
         return Curve(label, np.zeros((1, 0)), np.array([corr[0].mean()]), np.array([flops[0]]),
                      {"reach": np.ones((1, 1)), "ref_only": np.zeros(1), "method_only": np.zeros(1)})
     if P == 2 and uniform is None:
-        t = _midpoints(s[0])  # (M,) increasing: -inf keeps all, +inf forwards all
-        order = np.argsort(s[0].astype(np.float64), kind="stable")
-        sv = s[0].astype(np.float64)[order]
-        n_forward = np.searchsorted(sv, t, side="left")  # samples with score < t go on
+        t = _cuts(s[0])  # (M,) increasing: -inf keeps all, +inf forwards all
+        s32 = s[0].astype(np.float32)
+        order = np.argsort(s32, kind="stable")
+        n_forward = np.searchsorted(s32[order], t.astype(np.float32), side="left")  # samples with score < t go on
         cum = lambda v: np.concatenate([[0], np.cumsum(v[order])])  # noqa: E731
         c0, c1 = cum(corr[0]), cum(corr[1])
         ref_only, meth_only = cum(corr[1] & ~corr[0]), cum(corr[0] & ~corr[1])  # only on kept samples
@@ -158,9 +168,9 @@ def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, gri
                       "ref_only": (ref_only[-1] - ref_only[n_forward]) / n,
                       "method_only": (meth_only[-1] - meth_only[n_forward]) / n})
     if uniform is not None:
-        combos = np.repeat(np.asarray(uniform, float)[:, None], P - 1, 1)
+        combos = np.repeat(float32_grid(uniform)[:, None], P - 1, 1)
     else:
-        grids = [np.unique(np.concatenate([[-np.inf], np.quantile(s[p], np.linspace(0, 1, grid)), [np.inf]]))
+        grids = [float32_grid(np.concatenate([[-np.inf], np.quantile(s[p], np.linspace(0, 1, grid)), [np.inf]]))
                  for p in range(P - 1)]
         combos = np.array(list(itertools.product(*grids)))  # (M, P-1)
     accs, costs, reaches, ref_only, meth_only = [], [], [], [], []

@@ -113,11 +113,25 @@ class Method:
         self.check_fitted()
         return self.knob_ if knob is None else self.check_knob(knob)
 
+    def _uncertified(self, trace: Trace, knob: Any) -> Outcome | None:
+        """When no knob value could be certified, the fitted policy is the reference path alone: its outcome
+        on ``trace`` (for ``knob=None``); None otherwise."""
+        self.check_fitted()
+        if knob is None and not self.operating_point_.certified:
+            return self.simulate_forced(trace, self.operating_point_.reference)
+        return None
+
+    def _start(self, runtime):
+        """A new runtime at the fitted operating point (forced to the reference path when nothing was certified)."""
+        if not self.operating_point_.certified:
+            runtime.force(self.operating_point_.reference)
+        return runtime
+
     def _choose(self, curve: Curve, n: int, *, reference: str, configurations: int = 1) -> OperatingPoint:
         """The shared operating-point rule: Learn-then-Test over ``curve`` with this method's settings."""
         return choose_operating_point(curve, n, tolerance=self.tolerance, confidence=self.confidence,  # type: ignore[attr-defined]
                                       bound=self.bound, reference=reference,  # type: ignore[attr-defined]
-                                      configurations=configurations)
+                                      configurations=configurations, direction=self.knob_direction)
 
     def knob_for(self, *, budget_flops: float | None = None, target_accuracy: float | None = None) -> Any:
         """Map a budget (mean FLOPs per image) or a target accuracy through the calibration curve to a knob.

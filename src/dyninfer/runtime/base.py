@@ -4,9 +4,10 @@ A :class:`Runtime` executes a fitted policy on real batches: it validates the ba
 paths the policy needs per sample, and answers with a :class:`RuntimeResult` whose fields are the
 same for every family — ``pred``, ``path`` (the index of the path that answered), ``prob`` (the
 answer's softmax probability), ``flops`` and ``seconds``. Its ``knob`` (thresholds, a cost bias, ...)
-can be set between batches; a value set while a batch runs applies to the next batch.
-:meth:`Runtime.force` sends every sample to one path instead, without running any decision (the
-reference-path mode a server falls back to, and the side-by-side baseline of every report).
+can be changed at any time: a call reads it (and the forced path) once when it starts, so a change
+made during ``__call__`` or ``run`` applies to the next call. :meth:`Runtime.force` sends every sample
+to one path instead, without running any decision (the reference-path mode a server falls back to,
+and the side-by-side baseline of every report).
 
 Two executors implement it: :class:`~dyninfer.runtime.sequential.SequentialRuntime` (run, score,
 stop or go on: cascades, early exits) and :class:`~dyninfer.runtime.upfront.UpfrontRuntime` (choose one
@@ -113,7 +114,7 @@ class Runtime:
     def check_knob(self, value: Any) -> Any:  # pragma: no cover - every executor overrides it
         raise NotImplementedError
 
-    def _execute(self, x: torch.Tensor, knob: Any) -> RuntimeResult:  # pragma: no cover
+    def _execute(self, x: torch.Tensor, knob: Any, forced: int | None) -> RuntimeResult:  # pragma: no cover
         raise NotImplementedError
 
     def check(self, x: object) -> torch.Tensor:
@@ -123,7 +124,8 @@ class Runtime:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> RuntimeResult:
         """Classify one batch of images (N, C, H, W) in [0, 1]."""
-        return self._execute(self.check(x), self._knob)
+        knob, forced = self._knob, self.forced
+        return self._execute(self.check(x), knob, forced)
 
     def run(self, x: torch.Tensor, batch_size: int = 256) -> RuntimeResult:
         """Run over a large tensor in batches of ``batch_size``; results concatenated, times summed.
@@ -134,16 +136,16 @@ class Runtime:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self.check(x)
-        knob = self._knob
+        knob, forced = self._knob, self.forced
         with torch.inference_mode():
-            parts = [self._execute(x[i:i + batch_size], knob) for i in range(0, x.shape[0], batch_size)]
+            parts = [self._execute(x[i:i + batch_size], knob, forced) for i in range(0, x.shape[0], batch_size)]
         return RuntimeResult.concat(parts)
 
 
 def as_thresholds(values: object, count: int, what: str = "thresholds") -> tuple[float, ...]:
     """``count`` thresholds as floats (one number is used for all); clear errors for anything else.
 
-    +inf switches a stage off (no sample leaves there), -inf makes every sample leave there.
+    -inf makes every sample leave at that stage; +inf lets none leave unless its score is +inf too.
     """
     if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
         values = [values] * count

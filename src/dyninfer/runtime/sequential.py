@@ -108,9 +108,9 @@ class SequentialRuntime(Runtime):
     def thresholds(self, values) -> None:
         self.knob = values
 
-    def _execute(self, x: torch.Tensor, thresholds: tuple[float, ...]) -> RuntimeResult:
-        if self.forced is not None:
-            return self._execute_forced(x, self.forced)
+    def _execute(self, x: torch.Tensor, thresholds: tuple[float, ...], forced: int | None) -> RuntimeResult:
+        if forced is not None:
+            return self._execute_forced(x, forced)
         t0 = time.perf_counter()
         n, P = x.shape[0], len(self.stages)
         pred = torch.empty(n, dtype=torch.long)

@@ -97,12 +97,11 @@ class UpfrontRuntime(Runtime):
     def _load_seconds(self) -> float:
         return self.modules.stats().load_seconds if isinstance(self.modules, BackboneManager) else 0.0
 
-    def _execute(self, x: torch.Tensor, knob: Any) -> RuntimeResult:
+    def _execute(self, x: torch.Tensor, knob: Any, forced: int | None) -> RuntimeResult:
         t0 = time.perf_counter()
         x = x.to(self.device)
         n, P = x.shape[0], len(self.paths)
-        forced = self.forced is not None
-        choice = torch.full((n,), self.forced, dtype=torch.long) if forced else self.chooser.choose(x, knob)  # (N,)
+        choice = torch.full((n,), forced, dtype=torch.long) if forced is not None else self.chooser.choose(x, knob)
         t_dec = time.perf_counter() - t0
         pred = torch.empty(n, dtype=torch.long)
         prob = torch.empty(n)
@@ -117,6 +116,6 @@ class UpfrontRuntime(Runtime):
                 pred[idx] = logits.argmax(1)
                 prob[idx] = logits.softmax(1).amax(1)
                 secs[p] += time.perf_counter() - ts
-        flops = self.path_flops[choice.numpy()] + (0.0 if forced else self.decide_flops)
+        flops = self.path_flops[choice.numpy()] + (0.0 if forced is not None else self.decide_flops)
         return RuntimeResult(pred, choice, prob, flops, time.perf_counter() - t0, secs, counts, t_dec,
                              self._load_seconds() - load0)

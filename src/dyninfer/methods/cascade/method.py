@@ -141,7 +141,7 @@ class Cascade(Method):
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """The cascade's outcome on ``trace`` at ``knob`` (default: the fitted thresholds)."""
         t = self._knob(knob)
-        return simulate_sequential(_select(trace, self.stages_), self.score_, t)
+        return self._uncertified(trace, knob) or simulate_sequential(_select(trace, self.stages_), self.score_, t)
 
     def curve(self, trace: Trace) -> Curve:
         """Every operating point of the fitted chain and score on ``trace``."""
@@ -165,8 +165,9 @@ class Cascade(Method):
         pool = paths.subset(self.stages_)
         if device is not None:
             pool.to(device)
-        return SequentialRuntime(pool.stages(), self.score_, self.knob_, paths=self.stages_, stage_flops=self.flops_,
-                                 input_shape=paths.input_shape, device=device or pool.device)
+        return self._start(SequentialRuntime(pool.stages(), self.score_, self.knob_, paths=self.stages_,
+                                             stage_flops=self.flops_, input_shape=paths.input_shape,
+                                             device=device or pool.device))
 
     # ------------------------------------------------------------------ storage
     def _state(self) -> tuple[dict, dict]:

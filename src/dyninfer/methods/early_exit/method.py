@@ -17,7 +17,8 @@ from ...check import number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.outcome import Outcome
-from ...evaluate.simulate import oracle, simulate_forced, simulate_sequential, stage_scores, sweep_sequential
+from ...evaluate.simulate import (float32_grid, oracle, simulate_forced, simulate_sequential, stage_scores,
+                                  sweep_sequential)
 from ...paths import StagedNetwork
 from ...runtime.base import as_thresholds
 from ...runtime.sequential import SequentialRuntime
@@ -80,8 +81,8 @@ class EarlyExit(Method):
             raise TraceError(f"early exits need at least two exits; the trace has {calib.paths}")
         self.score_ = make_score(self.score, **dict(self.score_params or {}))
         s = stage_scores(calib, self.score_)  # (P-1, N)
-        grid = np.unique(np.quantile(s, np.linspace(0, 1, self.grid)).astype(np.float64))
-        self.thresholds_grid_ = np.concatenate([[-np.inf], grid, [np.inf]])
+        self.thresholds_grid_ = float32_grid(np.concatenate([[-np.inf], np.quantile(s, np.linspace(0, 1, self.grid)),
+                                                             [np.inf]]))
         self.exits_ = list(calib.paths)
         self.flops_ = [float(c.flops) for c in calib.costs]
         self.skip_flops_ = [float(c.skip_flops) for c in calib.costs]
@@ -108,7 +109,7 @@ class EarlyExit(Method):
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """What the policy does on ``trace`` at ``knob`` (one threshold or P-1; default: the fitted ones)."""
         t = self._knob(knob)
-        return simulate_sequential(self._trace(trace), self.score_, t)
+        return self._uncertified(trace, knob) or simulate_sequential(self._trace(trace), self.score_, t)
 
     def curve(self, trace: Trace) -> Curve:
         """Accuracy and cost of every uniform threshold of the calibrated grid on ``trace``."""
@@ -128,9 +129,9 @@ class EarlyExit(Method):
             raise ConfigError(f"the network's exits {paths.names} are not this policy's {self.exits_}")
         if device is not None:
             paths.to(device)
-        return SequentialRuntime(paths.stages(), self.score_, self.knob_, paths=self.exits_, stage_flops=self.flops_,
-                                 skip_flops=self.skip_flops_, input_shape=paths.input_shape,
-                                 device=device or paths.device)
+        return self._start(SequentialRuntime(paths.stages(), self.score_, self.knob_, paths=self.exits_,
+                                             stage_flops=self.flops_, skip_flops=self.skip_flops_,
+                                             input_shape=paths.input_shape, device=device or paths.device))
 
     def _state(self) -> tuple[dict, dict]:
         state, tensors = super()._state()

@@ -222,7 +222,7 @@ class Selection(Method):
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """What the selector does on ``trace`` (which must carry its images) at cost bias ``knob``."""
         b = self._knob(knob)
-        return self._outcome(trace, self.selector_, b)
+        return self._uncertified(trace, knob) or self._outcome(trace, self.selector_, b)
 
     def curve(self, trace: Trace) -> Curve:
         """Accuracy and mean FLOPs at every bias of the calibrated grid on ``trace``."""
@@ -249,8 +249,9 @@ class Selection(Method):
         pool = paths.subset(self.paths_).backbone_pool()
         manager = BackboneManager(pool, memory_budget if memory_budget is not None else pool.total_bytes, device=device)
         self.selector_.to(device)
-        return UpfrontRuntime(self.paths_, self, manager, self.knob_, path_flops=self.flops_,
-                              decide_flops=self.decide_flops_, input_shape=paths.input_shape, device=device)
+        return self._start(UpfrontRuntime(self.paths_, self, manager, self.knob_, path_flops=self.flops_,
+                                          decide_flops=self.decide_flops_, input_shape=paths.input_shape,
+                                          device=device))
 
     # ------------------------------------------------------------------ storage
     def _state(self) -> tuple[dict, dict]:
