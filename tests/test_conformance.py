@@ -17,8 +17,10 @@ import torch
 from dyninfer import DyninferError, InputError, NotFittedError
 from dyninfer.methods import METHODS, create_method, load_method
 
-# Settings that keep each method fast on digits; every other setting keeps its default.
-FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}}, "cascade": {}, "early-exit": {}}
+# Settings that keep each method fast on digits (and certifiable on its 300 calibration images: with so few,
+# no loss below a few points can be certified); every other setting keeps its default.
+FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance": 0.05},
+        "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +89,7 @@ def test_runtime_equals_simulate_at_several_knobs(case):
     res, sim = rt.run(x, batch_size=64), method.simulate(prep.test)  # the fitted operating point
     assert np.array_equal(res.pred.numpy(), sim.pred) and np.array_equal(res.path.numpy(), sim.path)
     assert res.mean_flops == pytest.approx(sim.mean_flops, rel=1e-9)
-    assert (rt.forced is None) == method.operating_point_.certified  # uncertified: the reference path alone
+    assert rt.forced is None and method.operating_point_.certified
     rt.force(None)
     for knob in _knobs(method, prep.test):
         rt.knob = knob
@@ -156,3 +158,16 @@ def test_bad_batch_raises_the_library_error(case, bad, message):
     x = prep.test.inputs()[:8].clone()
     with pytest.raises(InputError, match=message):
         rt(bad(x))
+
+
+def test_an_uncertifiable_tolerance_runs_the_reference_path_alone(case):
+    name, params, _, _, _, prep = case
+    method = create_method(name, **{**params, "tolerance": 0.0001})  # 300 images cannot certify 0.01 points
+    method.fit(prep.calib, **method.fit_options(prep.paths))
+    op = method.operating_point_
+    assert not op.certified and f"runs {op.reference} alone" in op.statement()
+    rt = method.runtime(prep.paths)
+    assert rt.paths[rt.forced] == op.reference
+    res, sim = rt.run(prep.test.inputs(), 64), method.simulate(prep.test)
+    assert np.array_equal(res.pred.numpy(), sim.pred) and (sim.path == rt.forced).all()
+    assert np.array_equal(sim.pred, prep.test.preds[prep.test.index(op.reference)])

@@ -152,6 +152,7 @@ def test_runtime_equals_trace_simulation_under_a_budget_that_forces_switching(di
     m = Selection(lambdas=(0.6, 0.9), grid=4, serving_batch=64, policy=PolicyConfig(epochs=3)).fit(calib)
     budget = paths.backbone_pool().largest_bytes  # holds only part of the pool: forces switching
     rt = m.runtime(paths, memory_budget=budget)
+    rt.force(None)  # untrained backbones: nothing is certified, so the runtime starts on the largest alone
     for bias in (m.knob_, 0.0, -0.5, 0.5):
         rt.knob = bias
         res = rt.run(digits.test.x, batch_size=64)
@@ -191,7 +192,7 @@ def test_selection_settings_and_errors(digits, setup):
     with pytest.raises(ConfigError, match="one number"):
         m.check_knob("cheap")
     with pytest.raises(TraceError, match="with_inputs"):
-        m.simulate(Trace(test.paths, test.logits, test.labels, test.costs))  # a trace without its images
+        m.simulate(Trace(test.paths, test.logits, test.labels, test.costs), 0.0)  # a trace without its images
     rt = m.runtime(paths)
     with pytest.raises(InputError, match="image size|channels"):
         rt(torch.rand(2, 1, 28, 28))

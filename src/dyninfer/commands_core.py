@@ -97,7 +97,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report folder (default: reports/compare-<dataset>-<preset>)")
     p.add_argument("--methods", nargs="+", default=None, help="methods to compare (default: every registered one)")
     p.add_argument("--set", dest="params", action="append", metavar="METHOD.KEY=VALUE",
-                   help="a method setting (JSON value), e.g. --set cascade.tolerance=0.005")
+                   help="a method setting (JSON value), e.g. --set cascade.scores='[\"margin\"]'")
+    p.add_argument("--tolerance", type=float, default=0.005,
+                   help="accuracy every method may lose against its reference path (default 0.005 = half a point; "
+                        "a method's own --set METHOD.tolerance=... wins)")
 
 
 def _compare_run(args: argparse.Namespace) -> int:
@@ -112,6 +115,7 @@ def _compare_run(args: argparse.Namespace) -> int:
         params.setdefault(method, {})[setting] = value
     cfg = CompareConfig(preset=args.preset, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                         device=args.device, methods=tuple(args.methods) if args.methods else None, params=params,
+                        tolerance=args.tolerance,
                         serving_batch=args.serving_batch, threads=args.threads, clock=args.clock,
                         grid_g_per_kwh=args.grid_intensity, cpu_watts_per_thread=args.cpu_watts_per_thread,
                         progress=not args.no_progress)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from .check import number
 from .errors import ConfigError
 from .harness import load_data, prepare
 from .methods import METHODS, create_method
@@ -38,18 +39,30 @@ class CompareConfig(RunSettings):
     Attributes:
         methods: methods to compare (None: every registered one).
         params: method name -> its settings.
+        tolerance: the accuracy every method may lose against its reference path (0.005 = half a point), so that
+            the operating points are chosen alike; a method's own ``tolerance`` in ``params`` wins.
     """
 
     methods: tuple[str, ...] | None = None
     params: dict = field(default_factory=dict)
+    tolerance: float | None = 0.005
 
     def __post_init__(self) -> None:
+        if self.methods is not None and (not isinstance(self.methods, (list, tuple))
+                                         or not all(isinstance(m, str) for m in self.methods)):
+            raise ConfigError(f"methods must be a list of method names, got {self.methods!r}")
+        if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):
+            raise ConfigError(f"params must map method names to dicts of settings, got {self.params!r}")
         for m in list(self.methods or ()) + list(self.params):
             METHODS.get(m)
+        number("tolerance", self.tolerance, lo=0, hi=1, hi_open=True, none_ok=True)
         super().__post_init__()
 
     def run_config(self, method: str) -> RunConfig:
-        return RunConfig(**self.settings(), method=method, params=dict(self.params.get(method, {})), figures=None)
+        params = dict(self.params.get(method, {}))
+        if self.tolerance is not None:
+            params.setdefault("tolerance", self.tolerance)
+        return RunConfig(**self.settings(), method=method, params=params, figures=None)
 
 
 def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] = print,
@@ -65,7 +78,7 @@ def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] =
         data = load_data(cfg.dataset, preset, seed=cfg.seed, data_root=cfg.data_root, log=log)
         prepared = {}
         for name in names:
-            method = create_method(name, **cfg.params.get(name, {}))
+            method = create_method(name, **cfg.run_config(name).params)
             kind = method.path_kind
             if kind not in prepared:
                 prepared[kind] = prepare(cfg.dataset, preset, kind=kind, seed=cfg.seed, data=data, device=cfg.device,

@@ -158,12 +158,13 @@ def make(ev, cfg: SelectionFigures, log: Callable[[str], None]) -> list:
     oracle_t = oracle_points(test.correct, times)
     res["oracle"] = {"time_per_image_s": oracle_t[0].tolist(), "accuracy": oracle_t[1].tolist()}
     curves, chosen = {}, {}
+    part = calib.subset(m.fit_index_)  # the rows the policies were trained and chosen on (same split for every variant)
     for vname, sels in fitted.items():
         ov = ov_eb if "early-block" in vname else ov_main
         rows = []
         for lam, sel in sels.items():
-            vi = sel.history_.val_index if len(sel.history_.val_index) else np.arange(calib.n)
-            p_val = point(m._outcome(calib, sel, 0.0).subset(vi), times, ov, calib.correct[:, vi].mean(1))
+            vi = sel.history_.val_index if len(sel.history_.val_index) else np.arange(part.n)
+            p_val = point(m._outcome(part, sel, 0.0).subset(vi), times, ov, part.correct[:, vi].mean(1))
             p_test = point(m._outcome(test, sel, 0.0), times, ov, static_t, oracle_t)
             rows.append({"lambda": lam, "calib_heldout": p_val, "test": p_test, "best_epoch": sel.history_.best_epoch})
         curves[vname] = rows

@@ -1,13 +1,14 @@
 """Adaptive backbone selection (ABS) as a method of the shared protocol.
 
-``fit`` trains one policy per reward weight lambda (REINFORCE on the calibration trace), keeps the
-lambda whose policy lies furthest above the static accuracy-time hull on the calibration rows held
-out from training (the paper's criterion), and then calibrates the knob: a **cost bias** b that
+``fit`` splits the calibration trace in two. On the first part it trains one policy per reward
+weight lambda (REINFORCE) and keeps the lambda whose policy lies furthest above the static
+accuracy-time hull on the rows held out from that training (the paper's criterion). On the second
+part, which neither the training nor the choice of lambda saw, it calibrates the knob: a **cost bias** b that
 shifts the chosen policy's logits by ``-b * FLOPs_p / FLOPs_max``. b = 0 is the trained policy; a
 larger b sends images to cheaper backbones. Because the shift is a Lagrangian penalty, each image's
 chosen backbone can only get cheaper as b grows (a cheaper knob never costs more), per image, on any
 data. The operating point on that knob is chosen with the shared guarantee against the reference
-(the largest backbone).
+(the backbone with the most FLOPs), on that second part only, so that the guarantee holds.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ class Selection(Method):
         confidence: probability that the loss stays within ``tolerance`` (the shared guarantee).
         bound: p-values of the guarantee, ``clt`` or ``wsr``.
         bias_grid: candidate cost biases on the knob (quantiles of where images switch backbone).
+        holdout: share of the calibration split kept for the guarantee (never used to train a policy or
+            choose lambda).
+        seed: seed of that split.
 
-    Fitted attributes: ``paths_``, ``selectors_`` (lambda -> selector; after ``load`` only the chosen one),
-    ``lambda_``, ``margins_`` (held-out margin per lambda), ``times_``, ``cost_`` (P,) normalised FLOPs,
-    ``flops_``, ``decide_flops_``, ``knob_`` (the cost bias), ``biases_``, ``operating_point_``, ``calib_curve_``.
+    Fitted attributes: ``paths_``, ``selectors_`` (lambda -> selector, trained on the rows ``fit_index_``;
+    after ``load`` only the chosen one), ``lambda_``, ``margins_`` (held-out margin per lambda), ``times_``,
+    ``cost_`` (P,) normalised FLOPs, ``flops_``, ``decide_flops_``, ``knob_`` (the cost bias), ``biases_``,
+    ``operating_point_`` and ``calib_curve_`` (on the rows ``holdout_index_``).
     """
 
     path_kind = "pool"
@@ -85,7 +90,7 @@ class Selection(Method):
                  use_features: bool = True, use_complexity: bool = True,
                  complexity: ComplexityConfig | Mapping | None = None, policy: PolicyConfig | Mapping | None = None,
                  serving_batch: int = 256, tolerance: float = 0.01, confidence: float = 0.95, bound: str = "clt",
-                 bias_grid: int = 200) -> None:
+                 bias_grid: int = 200, holdout: float = 0.3, seed: int = 0) -> None:
         self.lambdas = lambdas
         self.features = features
         self.grid = grid
@@ -98,6 +103,8 @@ class Selection(Method):
         self.confidence = confidence
         self.bound = bound
         self.bias_grid = bias_grid
+        self.holdout = holdout
+        self.seed = seed
         if not isinstance(lambdas, (list, tuple)) or not lambdas or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in lambdas):
             raise ConfigError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
@@ -105,6 +112,8 @@ class Selection(Method):
         self._check_guarantee(tolerance, confidence, bound)
         number("serving_batch", serving_batch, lo=1, integer=True)
         number("bias_grid", bias_grid, lo=2, integer=True, hint=" (candidate cost biases)")
+        number("holdout", holdout, lo=0, hi=1, lo_open=True, hi_open=True, hint=" (share of the calibration split)")
+        number("seed", seed, integer=True)
 
     def _config(self, lam: float) -> SelectorConfig:
         try:
@@ -118,17 +127,25 @@ class Selection(Method):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, calib: Trace, *, feature_model: nn.Module | None = None, progress: bool = False) -> "Selection":
-        """Train a policy per lambda, choose lambda and the operating point on the calibration trace.
+        """Train a policy per lambda and choose lambda on part of the calibration trace, the operating point on
+        the rest (see the module doc).
 
         Args:
             calib: calibration trace of every backbone, with its images (``trace.with_inputs``).
             feature_model: the smallest backbone, for ``features="early-block"``.
             progress: progress bars over the policies' training.
         """
-        x = calib.inputs()
+        calib.inputs()  # a clear error now if the trace carries no images
         self.paths_ = list(calib.paths)
         if len(self.paths_) < 2:
             raise ConfigError(f"backbone selection needs at least 2 backbones, got {self.paths_}")
+        n_hold = int(round(self.holdout * calib.n))
+        if not 2 <= n_hold <= calib.n - 2:
+            raise ConfigError(f"holdout={self.holdout} leaves too few of the {calib.n} calibration samples on one side")
+        perm = np.random.default_rng(self.seed).permutation(calib.n)
+        self.holdout_index_, self.fit_index_ = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        held, part = calib.subset(self.holdout_index_), calib.subset(self.fit_index_)
+        x = part.inputs()
         self.flops_ = [float(c.flops) for c in calib.costs]
         self.cost_ = torch.tensor(self.flops_) / max(self.flops_)
         have_latency = all(c.latency for c in calib.costs)
@@ -139,22 +156,22 @@ class Selection(Method):
         analyser = None
         for lam in self.lambdas:
             sel = BackboneSelector(self.paths_, self._config(lam)).fit(
-                calib, x, feature_model=feature_model, times=self.times_, analyser=analyser, progress=progress)
+                part, x, feature_model=feature_model, times=self.times_, analyser=analyser, progress=progress)
             analyser = sel.analyser_
             self.selectors_[float(lam)] = sel
         self.margins_ = {}
         for lam, sel in self.selectors_.items():
-            rows = sel.history_.val_index if len(sel.history_.val_index) else np.arange(calib.n)
-            out = self._outcome(calib, sel, 0.0).subset(rows)
-            self.margins_[lam] = margin_above_hull(out, self.times_, calib.correct[:, rows].mean(1))["margin"]
+            rows = sel.history_.val_index if len(sel.history_.val_index) else np.arange(part.n)
+            out = self._outcome(part, sel, 0.0).subset(rows)
+            self.margins_[lam] = margin_above_hull(out, self.times_, part.correct[:, rows].mean(1))["margin"]
         self.lambda_ = max(self.margins_, key=lambda k: self.margins_[k])
         self.feature_arch_ = getattr(feature_model, "dyninfer_arch", None) if self.features == "early-block" else None
         sel = self.selectors_[self.lambda_]
         self.decide_flops_ = _decide_flops(sel)
-        logits = self._logits(sel, x)
+        logits = self._logits(sel, held.inputs())
         self.biases_ = self._bias_grid(logits)
-        self.calib_curve_ = self._curve(calib, logits)
-        self.operating_point_ = self._choose(self.calib_curve_, calib.n, reference=self.paths_[int(self.cost_.argmax())])
+        self.calib_curve_ = self._curve(held, logits)
+        self.operating_point_ = self._choose(self.calib_curve_, held.n, reference=self.paths_[self._reference])
         self.knob_ = self.check_knob(self.biases_[self.operating_point_.index])
         return self
 
@@ -186,12 +203,17 @@ class Selection(Method):
         choices = np.stack([biased_choice(logits, float(b), self.cost_).numpy() for b in self.biases_])  # (M, N)
         correct = tr.correct[choices, np.arange(tr.n)[None]]  # (M, N)
         flops = np.asarray(self.flops_)[choices].mean(1) + self.decide_flops_
-        ro, mo = disagreements(tr, correct)
+        ro, mo = disagreements(tr, correct, reference=self._reference)
         share = np.stack([(choices == p).mean(1) for p in range(len(self.paths_))], 1)
         return Curve("selection", self.biases_[:, None], correct.mean(1), flops,
                      {"ref_only": ro, "method_only": mo, "reach": share})
 
     # ------------------------------------------------------------------ protocol
+    @property
+    def _reference(self) -> int:
+        """Index of the reference path: the backbone with the most FLOPs."""
+        return int(np.argmax(self.flops_))
+
     @property
     def selector_(self) -> BackboneSelector:
         """The chosen lambda's selector."""
@@ -257,7 +279,8 @@ class Selection(Method):
     def _state(self) -> tuple[dict, dict]:
         state, tensors = super()._state()
         sel = self.selector_
-        state.update({"paths_": self.paths_, "lambda_": self.lambda_, "margins_": self.margins_,
+        state.update({"paths_": self.paths_, "lambda_": self.lambda_, "fit_index_": self.fit_index_,
+                      "holdout_index_": self.holdout_index_, "margins_": self.margins_,
                       "times_": self.times_, "times_source_": self.times_source_, "flops_": self.flops_,
                       "decide_flops_": self.decide_flops_, "biases_": self.biases_, "in_dim": sel.in_dim_,
                       "input_shape": list(sel.input_shape_), "feature_arch_": self.feature_arch_,
@@ -272,6 +295,8 @@ class Selection(Method):
         self.flops_ = [float(v) for v in state["flops_"]]
         self.cost_ = torch.tensor(self.flops_) / max(self.flops_)
         self.lambda_ = float(state["lambda_"])
+        self.fit_index_ = np.asarray(state["fit_index_"], int)
+        self.holdout_index_ = np.asarray(state["holdout_index_"], int)
         self.margins_ = {float(k): float(v) for k, v in state["margins_"].items()}
         self.times_ = np.asarray(state["times_"], float)
         self.times_source_ = state["times_source_"]
