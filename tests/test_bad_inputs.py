@@ -277,3 +277,23 @@ def test_no_raw_exception_escapes_the_cli(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("dyninfer: error: ") and "Traceback" not in err
     assert issubclass(InputError, DyninferError) and issubclass(ConfigError, DyninferError)
+
+
+def test_devices_that_do_not_exist_are_config_errors():
+    with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:N"):
+        RunConfig(method="cascade", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            RunConfig(method="cascade", device="cuda")
+
+
+def test_a_saved_policy_whose_state_file_was_swapped_is_refused(tmp_path, digits_prepared):
+    from dyninfer.methods.selection import Selection
+
+    m = Selection(lambdas=(0.9,), grid=4, policy={"epochs": 2}).fit(digits_prepared.calib)
+    other = Selection(lambdas=(0.9,), grid=4, policy={"epochs": 2, "seed": 3}).fit(digits_prepared.calib)
+    m.save(tmp_path / "a")
+    other.save(tmp_path / "b")
+    (tmp_path / "a" / "state.pt").write_bytes((tmp_path / "b" / "state.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="not the state saved with"):
+        load_method(tmp_path / "a")

@@ -38,6 +38,21 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def device(value: Any):
+    """``value`` as a ``torch.device``, or ConfigError when it names no device this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {value!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {value!r} asked for, but this machine has no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {value!r} does not exist; this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
 def flag(name: str, value: Any) -> None:
     """Raise ConfigError unless ``value`` is a bool."""
     if not isinstance(value, bool):

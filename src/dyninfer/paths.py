@@ -29,7 +29,7 @@ from torch import nn
 
 from .data.datasets import Split
 from .errors import CheckpointError, ConfigError, TraceError
-from .io import atomic_dir, versions
+from .io import atomic_dir, digest, versions
 from .models.exits import EarlyExitNetwork
 from .runtime.cost import (DEFAULT_CPU_WATTS_PER_THREAD, EnergyMeter, LatencyStats, PathCost, count_flops,
                            count_params, median_costs, model_bytes, model_device, time_calls)
@@ -110,9 +110,9 @@ class PathSet:
         """Write the path set into ``folder`` (replaced whole): ``paths.json`` and checkpoints."""
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            info = self._save_into(tmp)
-            (tmp / "paths.json").write_text(json.dumps({"kind": self.kind, "names": self.names,
-                                                        "input_shape": self.input_shape, **info}, indent=2))
+            info = {"kind": self.kind, "names": self.names, "input_shape": self.input_shape, **self._save_into(tmp)}
+            info = json.loads(json.dumps(info))  # what will be read back
+            (tmp / "paths.json").write_text(json.dumps({**info, "sha256": digest(info)}, indent=2))
         return folder
 
     def _save_into(self, folder: Path) -> dict:
@@ -128,8 +128,10 @@ class PathSet:
             raise CheckpointError(f"no path set at {folder} (paths.json missing); save the policy again") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{folder / 'paths.json'} is corrupt ({e}); save the policy again") from None
-        if not isinstance(info, dict):
-            raise CheckpointError(f"{folder / 'paths.json'} is not a path-set description; save the policy again")
+        stored = info.pop("sha256", None) if isinstance(info, dict) else None
+        if not isinstance(info, dict) or stored != digest(info):
+            raise CheckpointError(f"{folder / 'paths.json'} is not an intact path-set description (its SHA-256 checksum "
+                                  f"differs); save the policy again")
         kind = info.get("kind")
         if kind == "pool":
             models = {n: load_checkpoint(folder / f"{n}.pt", map_location=device)[0] for n in info["names"]}
@@ -209,7 +211,6 @@ class ModulePool(PathSet):
     def _save_into(self, folder: Path) -> dict:
         for n, m in self.models.items():
             save_checkpoint(m, folder / f"{n}.pt", {"path": n})
-        self.files = {n: folder / f"{n}.pt" for n in self.names}
         return {}
 
 

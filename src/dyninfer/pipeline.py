@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .check import choice, number
+from .check import device as check_device
 from .errors import ConfigError
 from .evaluate.agreement import agreement
 from .evaluate.frontier import Curve
@@ -32,6 +33,7 @@ from .evaluate.simulate import predicted_seconds
 from .evaluate.stats import mcnemar
 from .harness import Prepared, load_data, prepare
 from .methods import FIGURES, METHODS, Method, create_method
+from .methods.base import _jsonable as jsonable
 from .paths import measure_costs
 from .policy import save_policy
 from .presets import get_preset
@@ -74,6 +76,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
+        check_device(self.device)
         number("seed", self.seed, integer=True)
         number("serving_batch", self.serving_batch, lo=1, integer=True)
         number("threads", self.threads, lo=1, integer=True, none_ok=True)
@@ -174,6 +177,7 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
     method.fit(calib, **method.fit_options(paths))
     fit_seconds = time.perf_counter() - t0
     op = method.operating_point_
+    rt = method.runtime(paths, device=dev)  # first: it may move the policy's own modules to the device
     outcome = method.simulate(test)
     calib_curve, test_curve = method.calib_curve_, method.curve(test)
     orc = method.oracle(test)
@@ -185,7 +189,6 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
         f"(reference {op.reference} {ref_acc:.4f}), {outcome.mean_flops / 1e6:.3f} MFLOPs "
         f"({ref_flops / outcome.mean_flops:.2f}x fewer than the reference)")
     # ---- runtime: agreement with the trace, then side by side with the forced runtime and the plain model
-    rt = method.runtime(paths, device=dev)
     agree = agreement(rt, method, test, batch_size=sb)
     log(f"[runtime] agreement with the trace on {agree['samples']} test images: {agree['pred_mismatch']} predictions, "
         f"{agree['path_mismatch']} paths, {agree['flops_mismatch']} FLOPs differ")
@@ -243,7 +246,7 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
                        "throughput": c.latency[sb].throughput if sb in c.latency else None,
                        "energy_j_per_image": c.energy_j_per_sample, "energy_source": c.energy_source})
     results = {
-        "method": method.name, "params": _jsonable(method.get_params()), "knob": _jsonable(method.knob_),
+        "method": method.name, "params": jsonable(method.get_params()), "knob": jsonable(method.knob_),
         "fit_seconds": fit_seconds, "kind": paths.kind, "paths": list(test.paths),
         "operating_point": {**op.to_dict(), "test_accuracy": outcome.accuracy, "test_flops": outcome.mean_flops,
                             "reference_test_accuracy": ref_acc, "reference_flops": ref_flops,
@@ -257,12 +260,6 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
         "mcnemar_vs_reference": mcnemar(outcome.correct, test.correct[ref]),
     }
     return Evaluation(cfg, prep, method, calib, test, outcome, calib_curve, test_curve, orc, rt, results, log)
-
-
-def _jsonable(v: Any) -> Any:
-    from .methods.base import _jsonable as j
-
-    return j(v)
 
 
 # ----------------------------------------------------------------------------------------- report

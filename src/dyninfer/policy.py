@@ -6,7 +6,8 @@ Layout of ``DIR/policy/``::
     method/          the fitted method (``method.json`` with settings and learned state, ``state.pt``)
     paths/           the path set (``paths.json`` and checkpoints)
 
-Every file is checksummed (SHA-256); a changed byte makes :func:`load_policy` refuse the folder
+Every file carries a SHA-256 checksum (``state.pt``'s inside ``method.json``'s); a changed byte makes
+:func:`load_policy` refuse the folder
 with a :class:`~dyninfer.errors.CheckpointError` that says what to do.
 """
 
@@ -62,7 +63,8 @@ def save_policy(folder: str | os.PathLike, method: Method, paths: PathSet, *, cl
                 "input_shape": list(paths.input_shape) if paths.input_shape else None,
                 "pixel_range": [0.0, 1.0], "accepted_range": list(PIXEL_RANGE), "class_names": list(class_names),
                 **(extra or {})}
-        (tmp / "policy.json").write_text(json.dumps({**info, "sha256": digest(info)}, indent=1, default=str) + "\n")
+        info = json.loads(json.dumps(info, default=str))  # what will be read back
+        (tmp / "policy.json").write_text(json.dumps({**info, "sha256": digest(info)}, indent=1) + "\n")
     return folder
 
 
@@ -89,6 +91,7 @@ def load_policy(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
                               f"policy again")
     method = load_method(folder / "method")
     paths = PathSet.load(folder / "paths", device=device)
-    if paths.names != list(info["paths"]):
-        raise CheckpointError(f"{folder}: the saved paths {paths.names} are not the policy's {info['paths']}")
+    if paths.names != list(info["paths"]) or paths.kind != info["kind"] or method.name != info["method"]:
+        raise CheckpointError(f"{folder}: the saved method ({method.name}) and paths ({paths.kind} {paths.names}) are "
+                              f"not the policy's ({info['method']}, {info['kind']} {info['paths']}); save it again")
     return Policy(method, paths, info)

@@ -117,7 +117,7 @@ class Trace:
             np.savez(tmp / "logits.npz", logits=self.logits, labels=self.labels)
             (tmp / "trace.json").write_text(json.dumps(
                 {"format": FORMAT, "paths": self.paths, "costs": [c.to_dict() for c in self.costs],
-                 "meta": self.meta, "sha256": digest([self.logits, self.labels])}, indent=2, default=str))
+                 "meta": self.meta, "sha256": self._digest()}, indent=2, default=str))
         return folder
 
     @classmethod
@@ -131,10 +131,18 @@ class Trace:
             raise TraceError(f"no trace at {folder} ({e.filename} missing); record it again") from e
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
             raise TraceError(f"trace at {folder} is corrupt ({type(e).__name__}: {e}); record it again") from e
-        if info.get("format") != FORMAT:
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise TraceError(f"{folder} is not a {FORMAT} trace; record it again")
-        if info.get("sha256") != digest([logits, labels]):
+        try:
+            tr = cls(info["paths"], logits, labels, [PathCost.from_dict(c) for c in info["costs"]], info["meta"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TraceError(f"trace at {folder} is corrupt ({type(e).__name__}: {e}); record it again") from e
+        if info.get("sha256") != tr._digest():
             raise TraceError(f"trace at {folder} does not match its SHA-256 checksum (changed or damaged after it was "
                              f"written); delete it and record it again")
-        return cls(info["paths"], logits, labels, [PathCost.from_dict(c) for c in info["costs"]], info["meta"])
+        return tr
+
+    def _digest(self) -> str:
+        """SHA-256 of the paths, their costs, the logits and the labels."""
+        return digest([self.paths, [c.to_dict() for c in self.costs], self.logits, self.labels])
 

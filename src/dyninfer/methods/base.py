@@ -31,7 +31,7 @@ import torch
 from ..check import number
 from ..errors import CheckpointError, ConfigError, NotFittedError
 from ..evaluate.frontier import Curve
-from ..evaluate.guarantee import OperatingPoint, check_guarantee_settings, choose_operating_point
+from ..evaluate.guarantee import OperatingPoint, choose_operating_point
 from ..evaluate.outcome import Outcome
 from ..io import atomic_dir, digest, read_payload, write_payload
 from ..registry import Registry
@@ -67,10 +67,6 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
-    @staticmethod
-    def _check_guarantee(tolerance: float, confidence: float, bound: str) -> None:
-        check_guarantee_settings(tolerance, confidence, bound)
 
     # ------------------------------------------------------------------ protocol
     def fit(self: M, calib: Trace, **kwargs: Any) -> M:  # pragma: no cover - every family implements it
@@ -173,7 +169,7 @@ class Method:
 
     def _set_state(self, state: dict, tensors: dict) -> None:
         self.knob_ = self.check_knob(_num(state["knob_"]))
-        self.operating_point_ = OperatingPoint(**state["operating_point_"])
+        self.operating_point_ = OperatingPoint(**_num(state["operating_point_"]))
         self.calib_curve_ = _curve_from(state["calib_curve_"])
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -181,7 +177,8 @@ class Method:
         SHA-256 of both) and ``state.pt`` (tensors, checksummed) when it has any."""
         self.check_fitted()
         state, tensors = self._state()
-        body = {"format": FORMAT, "method": self.name, "params": _jsonable(self.get_params()), "state": _jsonable(state)}
+        body = {"format": FORMAT, "method": self.name, "params": _jsonable(self.get_params()), "state": _jsonable(state),
+                "tensors_sha256": digest(tensors) if tensors else None}
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             if tensors:
@@ -259,10 +256,17 @@ def load_method(folder: str | os.PathLike) -> Method:
         cls = METHODS.get(info["method"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    m = cls(**info["params"])
-    tensors = read_payload(folder / "state.pt", fmt=FORMAT + "-state", what="policy state")["tensors"] \
-        if (folder / "state.pt").exists() else {}
-    m._set_state(info["state"], tensors)
+    tensors = {}
+    if info.get("tensors_sha256") is not None:
+        tensors = read_payload(folder / "state.pt", fmt=FORMAT + "-state", what="policy state")["tensors"]
+        if digest(tensors) != info["tensors_sha256"]:
+            raise CheckpointError(f"{folder / 'state.pt'} is not the state saved with {path.name}; save the policy again")
+    try:
+        m = cls(**_num(info["params"]))
+        m._set_state(info["state"], tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not hold a loadable {info['method']} ({type(e).__name__}: {e}); it was "
+                              f"written by another version of dyninfer. Fit and save the policy again.") from None
     return m
 
 
@@ -278,18 +282,20 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return _jsonable(v.tolist())
     if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
+        v = v.item()
     if isinstance(v, float) and not np.isfinite(v):
         return str(v)  # "inf", "-inf", "nan": JSON has no literal for them
     return v
 
 
 def _num(v: Any) -> Any:
-    """Undo :func:`_jsonable` for numbers written as strings."""
+    """Undo :func:`_jsonable` for numbers written as strings, at any depth."""
     if isinstance(v, str) and v in ("inf", "-inf", "nan"):
         return float(v)
     if isinstance(v, list):
         return [_num(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _num(x) for k, x in v.items()}
     return v
 
 

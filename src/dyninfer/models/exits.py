@@ -4,11 +4,12 @@ An :class:`EarlyExitNetwork` is a chain of P backbone *segments* and P *heads*. 
 carry (the features the next segment continues from) to a new carry; head p maps that carry to
 logits (N, K). Exit p therefore costs segments 0..p plus head p, and the last head is the backbone's
 own classifier. The plain ``forward`` is the *baseline*: all segments and the last head only.
+:class:`dyninfer.paths.StagedNetwork` turns the segments and heads into runtime stages.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,6 @@ from ..errors import ConfigError
 from ..runtime.validate import check_batch
 
 Carry = torch.Tensor | tuple[torch.Tensor, ...]
-Stage = Callable[[Carry], tuple[torch.Tensor, Carry]]
 
 
 class EarlyExitNetwork(nn.Module):
@@ -67,20 +67,6 @@ class EarlyExitNetwork(nn.Module):
             if all_heads and p < exit:
                 self.heads[p](carry)
         return self.heads[exit](carry)
-
-    def stage(self, p: int) -> Stage:
-        """Stage ``p`` for :class:`~dyninfer.runtime.SequentialRuntime`: ``carry -> (logits, carry)``."""
-        self._check_exit(p)
-        seg, head = self.segments[p], self.heads[p]
-
-        def run(carry: Carry) -> tuple[torch.Tensor, Carry]:
-            carry = seg(carry)
-            return head(carry), carry
-
-        return run
-
-    def stages(self) -> list[Stage]:
-        return [self.stage(p) for p in range(self.n_exits)]
 
     def exit_module(self, exit: int, *, all_heads: bool = True) -> nn.Module:
         """A module computing fixed exit ``exit`` (for FLOP counting and latency measurement)."""

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..check import device as check_device
 from ..errors import ConfigError, InputError
 from .validate import PIXEL_RANGE, check_batch
 
@@ -88,7 +89,7 @@ class Runtime:
                  device: str | torch.device = "cpu", value_range: tuple[float, float] | None = PIXEL_RANGE) -> None:
         self.paths = list(paths)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.value_range = value_range
         self.forced: int | None = None
 

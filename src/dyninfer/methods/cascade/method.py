@@ -17,6 +17,7 @@ import torch
 from ...check import number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
+from ...evaluate.guarantee import check_guarantee_settings
 from ...evaluate.outcome import Outcome
 from ...evaluate.simulate import oracle, simulate_forced, simulate_sequential, stage_scores, sweep_sequential
 from ...paths import ModulePool
@@ -24,7 +25,7 @@ from ...runtime.base import as_thresholds
 from ...runtime.sequential import SequentialRuntime
 from ...scores import Score, make_score
 from ...trace import Trace
-from ..base import Method, register_method
+from ..base import Method, _num, register_method
 
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.1, 10.0, 21))
 ROUTERS = ("energy", "energy+T", "max_softmax", "margin", "entropy", "random")
@@ -80,7 +81,7 @@ class Cascade(Method):
         if "energy+T" in scores and (not isinstance(temperatures, (list, tuple)) or not temperatures or any(
                 isinstance(t, bool) or not (isinstance(t, (int, float)) and t > 0) for t in temperatures)):
             raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")
-        self._check_guarantee(tolerance, confidence, bound)
+        check_guarantee_settings(tolerance, confidence, bound)
         number("grid", grid, lo=2, integer=True, hint=" (score quantiles per stage)")
         number("seed", seed, integer=True)
 
@@ -181,7 +182,7 @@ class Cascade(Method):
         self.stages_ = list(state["stages_"])
         self.router_ = state["router_"]
         self.score_ = make_score(state["score_"], **state["score_params_"])
-        self.configurations_ = state["configurations_"]
+        self.configurations_ = _num(state["configurations_"])
         self.flops_ = [float(v) for v in state["flops_"]]
         super()._set_state(state, tensors)
 

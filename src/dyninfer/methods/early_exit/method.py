@@ -16,6 +16,7 @@ import torch
 from ...check import number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
+from ...evaluate.guarantee import check_guarantee_settings
 from ...evaluate.outcome import Outcome
 from ...evaluate.simulate import (float32_grid, oracle, simulate_forced, simulate_sequential, stage_scores,
                                   sweep_sequential)
@@ -70,7 +71,7 @@ class EarlyExit(Method):
         make_score(score, **dict(score_params or {}))  # unknown score or bad settings fail here
         if score == "random":
             raise ConfigError("the random score cannot drive exits; use max_softmax, margin, entropy or energy")
-        self._check_guarantee(tolerance, confidence, bound)
+        check_guarantee_settings(tolerance, confidence, bound)
         number("grid", grid, lo=2, integer=True, hint=" (candidate thresholds)")
 
     def fit(self, calib: Trace, **kwargs: Any) -> "EarlyExit":

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ...check import number
 from ...errors import ConfigError
 from ...evaluate.frontier import Curve, hull_accuracy_at
+from ...evaluate.guarantee import check_guarantee_settings
 from ...evaluate.outcome import Outcome
 from ...evaluate.simulate import disagreements, oracle, simulate_forced, simulate_upfront
 from ...models.registry import create_model, spec_from_dict
@@ -30,7 +31,7 @@ from ...paths import ModulePool
 from ...runtime.manager import BackboneManager
 from ...runtime.upfront import UpfrontRuntime
 from ...trace import Trace
-from ..base import Method, register_method
+from ..base import Method, _num, register_method
 from .complexity import ComplexityAnalyser, ComplexityConfig
 from .features import make_features
 from .policy import PolicyConfig, PolicyNet
@@ -109,7 +110,7 @@ class Selection(Method):
                 isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in lambdas):
             raise ConfigError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
         self._config(0.5)  # features, grid, complexity and policy settings fail here
-        self._check_guarantee(tolerance, confidence, bound)
+        check_guarantee_settings(tolerance, confidence, bound)
         number("serving_batch", serving_batch, lo=1, integer=True)
         number("bias_grid", bias_grid, lo=2, integer=True, hint=" (candidate cost biases)")
         number("holdout", holdout, lo=0, hi=1, lo_open=True, hi_open=True, hint=" (share of the calibration split)")
@@ -221,8 +222,8 @@ class Selection(Method):
         return self.selectors_[self.lambda_]
 
     def check_knob(self, value: Any) -> float:
-        if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 1:
-            value = value[0]
+        if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == 1:
+            value = np.ravel(value)[0]
         if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ConfigError(f"the selection knob is one number (a cost bias), got {value!r}")
         if np.isnan(value):
@@ -289,8 +290,6 @@ class Selection(Method):
         return state, tensors
 
     def _set_state(self, state: dict, tensors: dict) -> None:
-        from ..base import _num
-
         self.paths_ = list(state["paths_"])
         self.flops_ = [float(v) for v in state["flops_"]]
         self.cost_ = torch.tensor(self.flops_) / max(self.flops_)
