@@ -172,3 +172,26 @@ def test_the_readme_example_runs(digits_prepared, tmp_path, monkeypatch):
            "calib_images": data.calib.x, "calib_split": data.calib, "batch": data.test.x[:32]}
     exec(compile(code.replace("(3, 32, 32)", "(1, 8, 8)").replace("2e6", "1e6"), "README.md", "exec"), env)
     assert env["result"].pred.shape == (32,) and (tmp_path / "my-policy" / "policy.json").exists()
+
+
+def test_a_cascade_on_part_of_a_pool_is_timed_and_plotted_on_its_own_paths(digits_prepared, tmp_path):
+    """A pool of three paths, a cascade over two of them: predicted times and curves use the chain's paths."""
+    from dyninfer.harness import Prepared
+    from dyninfer.methods.cascade import Cascade
+    from dyninfer.paths import ModulePool
+    from dyninfer.pipeline import RunConfig, evaluate, shared_sections
+
+    p = digits_prepared
+    models = {"a": p.paths.models["cnn-s"], "b": p.paths.models["cnn-s"], "c": p.paths.models["cnn-m"]}
+    paths = ModulePool(models)
+    calib, test = (paths.record(s) for s in (p.data.calib, p.data.test))
+    prep = Prepared(p.data, p.preset, paths, calib, test, {})
+    ev = evaluate(prep, Cascade(stages=["a", "c"], tolerance=0.05), RunConfig(method="cascade", preset="tiny",
+                                                                                figures=None, progress=False),
+                  log=lambda s: None)
+    assert ev.own_test.paths == ["a", "c"] and ev.results["agreement"]["pred_mismatch"] == 0
+    assert all(v > 0 for v in ev.results["timing"]["predicted_seconds"].values())
+    for section in shared_sections(ev):
+        for name, draw in section.plots.items():
+            draw(tmp_path / name)
+            assert (tmp_path / name).stat().st_size > 1000

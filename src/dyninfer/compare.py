@@ -158,10 +158,10 @@ def _plot(evals: dict[str, Evaluation], static: list[dict], path: Path, x: str, 
         if x == "flops":
             xs = c.cost / 1e6
         elif x == "energy":
-            energy = np.array([cost.energy_j_per_sample for cost in e.test.costs])
+            energy = np.array([cost.energy_j_per_sample for cost in e.own_test.costs])
             xs = 1e3 * (c.extra["reach"] @ energy)
         else:
-            xs = curve_times(e.test, c, 1 if x == "batch1" else sb) * 1e3
+            xs = curve_times(e.own_test, c, 1 if x == "batch1" else sb) * 1e3
         curves.append({"label": f"{n} (predicted)" if x != "flops" else n, "x": xs, "y": c.accuracy, "color": col})
         op, tm = e.results["operating_point"], e.results["timing"]
         px = {"flops": op["test_flops"] / 1e6, "batch1": tm["batch1_ms_per_image"]["policy"],

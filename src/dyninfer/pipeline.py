@@ -119,7 +119,8 @@ class Evaluation:
         cfg: the run's config.
         prep: data, paths, traces (with counted costs).
         method: the fitted method.
-        calib, test: the traces with the costs measured in this run.
+        calib, test: the traces with the costs measured in this run (every path of the path set).
+        own_test: the test trace over the method's own paths, in its runtime's order (a cascade may use a subset).
         outcome: the method on the test split at its operating point.
         calib_curve, test_curve: its knob swept on each split.
         oracle: the cheapest correct path per test sample.
@@ -133,6 +134,7 @@ class Evaluation:
     method: Method
     calib: Trace
     test: Trace
+    own_test: Trace
     outcome: Outcome
     calib_curve: Curve
     test_curve: Curve
@@ -206,10 +208,11 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
                                   "plain": lambda: plain(x1, 1)}, rounds=max(1, preset.runtime_rounds), warmup=1,
                                  clock=cfg.clock)
     n_ref = len(xs)
+    own = test.select(rt.paths)  # outcomes index the method's own paths
     forced_ran = method.simulate_forced(test, op.reference).ran[:n_ref]
-    predicted = {"policy": predicted_seconds(test, outcome.ran[:n_ref], sb),
-                 "forced": predicted_seconds(test, forced_ran, sb),
-                 "plain": predicted_seconds(test, forced_ran, sb)}  # the plain model runs what the forced runtime runs
+    predicted = {"policy": predicted_seconds(own, outcome.ran[:n_ref], sb),
+                 "forced": predicted_seconds(own, forced_ran, sb),
+                 "plain": predicted_seconds(own, forced_ran, sb)}  # the plain model runs what the forced runtime runs
     sec = {k: v["median_ms"] / 1e3 for k, v in serving.items()}
     ms1 = {k: v["median_ms"] / len(x1) for k, v in batch1.items()}
     timing = {
@@ -259,7 +262,7 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
         "static": static, "agreement": agree, "timing": timing, "energy": energy,
         "mcnemar_vs_reference": mcnemar(outcome.correct, test.correct[ref]),
     }
-    return Evaluation(cfg, prep, method, calib, test, outcome, calib_curve, test_curve, orc, rt, results, log)
+    return Evaluation(cfg, prep, method, calib, test, own, outcome, calib_curve, test_curve, orc, rt, results, log)
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -342,7 +345,7 @@ def _fmt_knob(k: Any) -> str:
 def _plot(ev: Evaluation, path: Path, x: str) -> None:
     r, sb = ev.results, ev.cfg.serving_batch
     scale = (lambda c, curve: curve.cost / 1e6) if x == "flops" else \
-        (lambda c, curve: curve_times(ev.test, curve, sb) * 1e3)
+        (lambda c, curve: curve_times(ev.own_test, curve, sb) * 1e3)
     curves = [{"label": f"{ev.method.name} (test)", "x": scale(None, ev.test_curve), "y": ev.test_curve.accuracy},
               {"label": f"{ev.method.name} (calibration)", "x": scale(None, ev.calib_curve), "y": ev.calib_curve.accuracy,
                "style": "--", "color": "0.6"}]
