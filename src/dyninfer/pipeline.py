@@ -255,6 +255,7 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
                             "reference_test_accuracy": ref_acc, "reference_flops": ref_flops,
                             "flops_saving": ref_flops / outcome.mean_flops, "test_loss": loss,
                             "held_on_test": bool(loss <= op.tolerance + 1e-12),
+                            "reference_calib_accuracy": calib.accuracy(calib.index(op.reference)),
                             "test_path_share": outcome.path_share(len(test.paths)).tolist()},
         "oracle": {"test_accuracy": orc.accuracy, "test_flops": orc.mean_flops,
                    "saving_captured": (ref_flops - outcome.mean_flops) / (ref_flops - orc.mean_flops)
@@ -283,7 +284,10 @@ def shared_sections(ev: Evaluation) -> list[Section]:
             f"- FLOPs: {op['test_flops'] / 1e6:.3f} M vs {op['reference_flops'] / 1e6:.3f} M per image — "
             f"**{op['flops_saving']:.2f}x fewer**. Share answered per path: "
             + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(r["paths"], op["test_path_share"])) + ".",
-            f"- Guarantee: {op['statement']} On the test split it **{'held' if op['held_on_test'] else 'did not hold'}**.",
+            f"- Guarantee: {op['statement']} On the test split it **{'held' if op['held_on_test'] else 'did not hold'}**. "
+            f"It assumes the calibration and test images come from one distribution: the reference path is "
+            f"{_pct(op['reference_calib_accuracy'])}% accurate on calibration and "
+            f"{_pct(op['reference_test_accuracy'])}% on test.",
             f"- Measured at batch {sb}: **{tm['throughput_ratio_vs_plain']:.2f}x** the plain reference model's "
             f"throughput ({tm['throughput']['policy']:.0f} vs {tm['throughput']['plain']:.0f} img/s); at batch 1 "
             f"**{tm['batch1_speedup_vs_plain']:.2f}x** ({tm['batch1_ms_per_image']['policy']:.3f} vs "
