@@ -192,6 +192,23 @@ def test_cascade_fit_picks_the_cheapest_certified_configuration():
         c.knob_for(budget_flops=1.0)
 
 
+def test_three_stage_cascade_orders_on_one_part_and_tests_on_the_rest():
+    cal = make_trace(n=3000, seed=3)
+    c = Cascade(stages=["p0", "p1", "p2"], scores=("margin",), tolerance=0.01, confidence=0.9,
+                order_share=0.3, grid=12).fit(cal)
+    row = c.configurations_[0]
+    # the tested curve is the frontier of the ordering part, evaluated on the other 70% of the rows
+    held = cal.subset(np.sort(np.random.default_rng(0).permutation(cal.n)[900:]))
+    assert c.calib_curve_.extra["ref_only"].shape == c.calib_curve_.accuracy.shape
+    costs = c.calib_curve_.cost
+    assert np.all(np.diff(costs) <= 1e-6)  # most expensive first: the fixed sequence
+    assert row["certified"] and c.operating_point_.calib_accuracy == pytest.approx(c.simulate(held, c.knob_).accuracy)
+    assert c.operating_point_.candidates == len(c.calib_curve_) and c.calib_curve_.cost[0] == pytest.approx(
+        c.simulate(held, c.calib_curve_.settings[0]).mean_flops)
+    with pytest.raises(ConfigError, match="order_share"):
+        Cascade(order_share=1.0)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"stages": ["a"]}, "2 or more distinct"),
     ({"stages": "ab"}, "2 or more distinct"),

@@ -9,9 +9,11 @@ Each candidate knob j is a null hypothesis H_j: loss_j > tolerance, where loss_j
 E[policy right] is paired per sample. The candidates are tested in a fixed sequence, from the most
 expensive knob value to the cheapest, each at the full level delta = 1 - confidence, stopping at the
 first one not rejected (fixed-sequence testing controls the family-wise error without dividing delta
-by the grid size). The order comes from the knob values alone, never from calibration labels: by
-value for a one-dimensional knob, by the sum of per-dimension ranks (ties lexicographic) for a
-cascade's several thresholds. The cheapest rejected candidate is the operating point.
+by the grid size). The order never comes from the labels the p-values use: by value for a
+one-dimensional knob, by the sum of per-dimension ranks (ties lexicographic) for several thresholds,
+or a sequence learned on a separate part of the calibration split (a cascade of three or more stages
+takes the accuracy-cost frontier of one part and tests it, most expensive first, on the rest). The
+cheapest rejected candidate is the operating point.
 
 p-values of the paired loss d_i in {-1, 0, 1}:
 
@@ -141,7 +143,7 @@ def knob_order(settings: np.ndarray, direction: int = 1) -> np.ndarray:
 
 def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence: float, bound: str = "clt",
                            reference: str = "reference", configurations: int = 1, direction: int = 1,
-                           seed: int = 0) -> OperatingPoint:
+                           order: np.ndarray | None = None, seed: int = 0) -> OperatingPoint:
     """Learn-then-Test with fixed-sequence testing over the points of a calibration ``curve``.
 
     Args:
@@ -153,6 +155,8 @@ def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence
         reference: the reference path's name (for the statement).
         configurations: how many configurations the caller picks among (each tested at delta / K).
         direction: how the knob orders cost (see :func:`knob_order`).
+        order: the sequence of curve indices to test, fixed without this curve's labels (e.g. learned on another
+            part of the calibration split); default :func:`knob_order`.
 
     Returns:
         an :class:`OperatingPoint`; ``certified`` False if even the first (most expensive) point fails.
@@ -162,7 +166,7 @@ def choose_operating_point(curve: Curve, n: int, *, tolerance: float, confidence
         raise ConfigError("cannot choose an operating point on an empty curve")
     delta = (1 - confidence) / max(configurations, 1)
     a, b = curve.extra["ref_only"], curve.extra["method_only"]
-    order = knob_order(curve.settings, direction)
+    order = knob_order(curve.settings, direction) if order is None else np.asarray(order, int)
     pvals = clt_pvalues(a, b, n, tolerance) if bound == "clt" else None
     certified: list[tuple[int, float]] = []
     tested = 0

@@ -131,13 +131,15 @@ def float32_grid(values: np.ndarray) -> np.ndarray:
 
 
 def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, grid: int = 40, label: str | None = None,
-                     scores: np.ndarray | None = None, uniform: Sequence[float] | None = None) -> Curve:
+                     scores: np.ndarray | None = None, uniform: Sequence[float] | None = None,
+                     settings: np.ndarray | None = None) -> Curve:
     """Every operating point of a sequential policy on ``trace``.
 
     Two stages: exact — one point per distinct first-stage score (O(N log N)). More stages: the
     product of ``grid`` score quantiles per stage (plus -inf and +inf), vectorised. ``uniform``: only
-    the given thresholds, the same at every stage (early exits). ``scores`` (P-1, N) may be given
-    instead of ``score`` (e.g. an oracle ordering).
+    the given thresholds, the same at every stage (early exits). ``settings`` (M, P-1): exactly these
+    threshold vectors, in this order. ``scores`` (P-1, N) may be given instead of ``score`` (e.g. an
+    oracle ordering).
 
     Returns:
         a :class:`Curve` with settings (M, P-1), accuracy, mean FLOPs, and extras ``reach`` (M, P)
@@ -153,7 +155,7 @@ def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, gri
     if P == 1:
         return Curve(label, np.zeros((1, 0)), np.array([corr[0].mean()]), np.array([flops[0]]),
                      {"reach": np.ones((1, 1)), "ref_only": np.zeros(1), "method_only": np.zeros(1)})
-    if P == 2 and uniform is None:
+    if P == 2 and uniform is None and settings is None:
         t = _cuts(s[0])  # (M,) increasing: -inf keeps all, +inf forwards all
         s32 = s[0].astype(np.float32)
         order = np.argsort(s32, kind="stable")
@@ -167,7 +169,9 @@ def sweep_sequential(trace: Trace, score: Score | Sequence[Score] | None, *, gri
                      {"reach": np.stack([np.ones_like(share), share], 1),
                       "ref_only": (ref_only[-1] - ref_only[n_forward]) / n,
                       "method_only": (meth_only[-1] - meth_only[n_forward]) / n})
-    if uniform is not None:
+    if settings is not None:
+        combos = np.asarray(settings, np.float64).reshape(-1, P - 1)
+    elif uniform is not None:
         combos = np.repeat(float32_grid(uniform)[:, None], P - 1, 1)
     else:
         grids = [float32_grid(np.concatenate([[-np.inf], np.quantile(s[p], np.linspace(0, 1, grid)), [np.inf]]))

@@ -123,11 +123,12 @@ class Method:
             runtime.force(self.operating_point_.reference)
         return runtime
 
-    def _choose(self, curve: Curve, n: int, *, reference: str, configurations: int = 1) -> OperatingPoint:
+    def _choose(self, curve: Curve, n: int, *, reference: str, configurations: int = 1,
+                order: np.ndarray | None = None) -> OperatingPoint:
         """The shared operating-point rule: Learn-then-Test over ``curve`` with this method's settings."""
         return choose_operating_point(curve, n, tolerance=self.tolerance, confidence=self.confidence,  # type: ignore[attr-defined]
                                       bound=self.bound, reference=reference,  # type: ignore[attr-defined]
-                                      configurations=configurations, direction=self.knob_direction)
+                                      configurations=configurations, direction=self.knob_direction, order=order)
 
     def knob_for(self, *, budget_flops: float | None = None, target_accuracy: float | None = None) -> Any:
         """Map a budget (mean FLOPs per image) or a target accuracy through the calibration curve to a knob.

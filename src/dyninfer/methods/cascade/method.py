@@ -4,6 +4,10 @@
 path, or the given one), the score (among the given ones) and the thresholds: the cheapest
 configuration whose operating point is certified by the shared guarantee. Every configuration is
 tested at delta / K (Bonferroni over the K configurations; fixed-sequence testing within each).
+A two-stage chain has one threshold and is tested over every cut of the whole calibration split.
+A longer chain has one threshold per stage: the accuracy-cost frontier of its threshold grid is
+found on ``order_share`` of the calibration split and tested, most expensive first, on the rest
+(the order is learned on samples the tests never see, so the fixed sequence stays valid).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Cascade(Method):
         confidence: probability that the loss stays within ``tolerance`` (the shared guarantee).
         bound: p-values of the guarantee, ``clt`` or ``wsr``.
         grid: score quantiles per stage for cascades of three or more stages.
-        seed: seed of the ``random`` router.
+        order_share: share of the calibration split that orders the thresholds of three or more stages.
+        seed: seed of the ``random`` router and of that split.
 
     Fitted attributes: ``stages_``, ``router_``, ``score_``, ``knob_`` (thresholds), ``operating_point_``,
     ``calib_curve_``, ``configurations_`` (every configuration on calibration), ``flops_``.
@@ -64,7 +69,8 @@ class Cascade(Method):
     def __init__(self, *, stages: Sequence[str] | None = None,
                  scores: Sequence[str] = ("energy", "max_softmax", "margin", "entropy"),
                  temperatures: Sequence[float] = DEFAULT_TEMPERATURES, tolerance: float = 0.001,
-                 confidence: float = 0.95, bound: str = "clt", grid: int = 40, seed: int = 0) -> None:
+                 confidence: float = 0.95, bound: str = "clt", grid: int = 40, order_share: float = 0.3,
+                 seed: int = 0) -> None:
         self.stages = stages
         self.scores = scores
         self.temperatures = temperatures
@@ -72,6 +78,7 @@ class Cascade(Method):
         self.confidence = confidence
         self.bound = bound
         self.grid = grid
+        self.order_share = order_share
         self.seed = seed
         if stages is not None and (not isinstance(stages, (list, tuple)) or len(stages) < 2
                                    or len(set(stages)) != len(stages)):
@@ -83,6 +90,7 @@ class Cascade(Method):
             raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")
         check_guarantee_settings(tolerance, confidence, bound)
         number("grid", grid, lo=2, integer=True, hint=" (score quantiles per stage)")
+        number("order_share", order_share, lo=0, hi=1, lo_open=True, hi_open=True)
         number("seed", seed, integer=True)
 
     # ------------------------------------------------------------------ fitting
@@ -101,13 +109,23 @@ class Cascade(Method):
         if not candidates:
             raise TraceError(f"a cascade needs at least two paths; the trace has {calib.paths}")
         K = len(candidates) * sum(len(self._variants(r)) for r in self.scores)
+        perm = np.random.default_rng(self.seed).permutation(calib.n)
+        n_order = int(round(self.order_share * calib.n))
+        order_rows, test_rows = np.sort(perm[:n_order]), np.sort(perm[n_order:])
         rows, best = [], None
         for chain in candidates:
             tr = _select(calib, chain)
             for router in self.scores:
                 for score in self._variants(router):
-                    curve = sweep_sequential(tr, score, grid=self.grid, label=router)
-                    op = self._choose(curve, tr.n, reference=chain[-1], configurations=K)
+                    if len(chain) == 2:
+                        curve = sweep_sequential(tr, score, grid=self.grid, label=router)
+                        op = self._choose(curve, tr.n, reference=chain[-1], configurations=K)
+                    else:  # order on one part of the split, test on the other
+                        front = sweep_sequential(tr.subset(order_rows), score, grid=self.grid).frontier()
+                        held = tr.subset(test_rows)
+                        curve = sweep_sequential(held, score, label=router, settings=front.settings[::-1])
+                        op = self._choose(curve, held.n, reference=chain[-1], configurations=K,
+                                          order=np.arange(len(curve)))
                     rows.append({"chain": chain, "router": router, "score": score.label, "score_name": score.name,
                                  "score_params": dict(score.params), "certified": op.certified,
                                  "calib_accuracy": op.calib_accuracy, "calib_flops": op.calib_flops,
