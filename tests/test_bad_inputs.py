@@ -118,7 +118,7 @@ BATCHES = [
     ("NaN", lambda x: x.index_fill(0, torch.tensor([3]), float("nan")), "1 of 16 images contain NaN or inf"),
     ("inf", lambda x: x.index_fill(0, torch.tensor([2, 5]), float("inf")), "2 of 16 images contain NaN or inf"),
     ("empty", lambda x: x[:0], "empty batch"),
-    ("3-D", lambda x: x[0], "unsqueeze(0)"),
+    ("3-D", lambda x: x[0], "x[None]"),
     ("wrong size", lambda x: torch.nn.functional.pad(x, (1, 1, 1, 1)), "wrong image size"),
     ("wrong channels", lambda x: x.repeat(1, 3, 1, 1), "wrong channels"),
     ("numpy", lambda x: x.numpy(), "torch.Tensor"),

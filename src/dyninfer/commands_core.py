@@ -1,4 +1,4 @@
-"""Core subcommands: ``list``, ``train``, ``run`` (one method), ``compare`` (every method), and the short
+"""Core subcommands: ``list``, ``train``, ``run`` (one method), ``compare`` (every method), ``export``, and the short
 aliases ``cascade``, ``early-exit`` and ``select`` for ``run METHOD``."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import COMMANDS, FIGURE_OPTIONS, Command, add_common, add_measurement, parse_settings
+from .errors import ConfigError
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -139,3 +140,24 @@ def alias(command: str, method: str, help: str) -> None:
 
 
 alias("cascade", "cascade", "= run cascade: EBJR cascades, routers compared, the best run for real")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("policy", help="a saved policy: DIR (from `dyninfer run METHOD --out DIR`) or DIR/policy")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--out", required=True, help="export folder (replaced whole)")
+    p.add_argument("--no-single-graph", action="store_true", help="skip the one-graph export of a cascade")
+    p.add_argument("--atol", type=float, default=1e-3, help="largest torch/onnxruntime difference accepted")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    try:
+        from .export.onnx import export_policy
+    except ImportError as e:
+        raise ConfigError(f"export needs the onnx extra ({e.name} is missing): pip install 'dyninfer[onnx]'") from None
+    export_policy(args.policy, args.out, fmt=args.format, single_graph=not args.no_single_graph, atol=args.atol)
+    return 0
+
+
+COMMANDS.register("export", Command("export a saved policy (every path, its score or decision, the knob) to ONNX",
+                                    _export_args, _export_run))

@@ -18,6 +18,7 @@ path, run as the plain model), and saves itself beside a fitted policy.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -134,8 +135,11 @@ class PathSet:
                                   f"differs); save the policy again")
         kind = info.get("kind")
         if kind == "pool":
-            models = {n: load_checkpoint(folder / f"{n}.pt", map_location=device)[0] for n in info["names"]}
-            return ModulePool(models, input_shape=info["input_shape"], files={n: folder / f"{n}.pt" for n in models})
+            graphs = info.get("graphs", {})
+            models = {n: _load_graph(folder / f"{n}.onnx", graphs[n], device) if n in graphs
+                      else load_checkpoint(folder / f"{n}.pt", map_location=device)[0] for n in info["names"]}
+            return ModulePool(models, input_shape=info["input_shape"],
+                              files={n: folder / f"{n}.pt" for n in models if n not in graphs})
         if kind == "staged":
             net, _ = load_checkpoint(folder / "network.pt", map_location=device)
             return StagedNetwork(net)  # type: ignore[arg-type]
@@ -169,7 +173,8 @@ class ModulePool(PathSet):
     def count(self) -> list[PathCost]:
         if self.input_shape is None:
             raise ConfigError("the pool does not know its input shape; pass input_shape=(C, H, W)")
-        return [PathCost(name=n, flops=count_flops(m, self.input_shape), params=count_params(m),
+        return [_graph_cost(n, m) if _is_graph(m) else
+                PathCost(name=n, flops=count_flops(m, self.input_shape), params=count_params(m),
                          bytes=sum(model_bytes(m).values()), device=str(model_device(m)))
                 for n, m in self.models.items()]
 
@@ -209,9 +214,35 @@ class ModulePool(PathSet):
         return BackbonePool.from_models(self.models)
 
     def _save_into(self, folder: Path) -> dict:
+        graphs = {}
         for n, m in self.models.items():
-            save_checkpoint(m, folder / f"{n}.pt", {"path": n})
-        return {}
+            if _is_graph(m):  # an ONNX path (a quantised copy): the graph file itself, checksummed
+                (folder / f"{n}.onnx").write_bytes(m.graph_bytes)
+                graphs[n] = {**m.describe(), "sha256": hashlib.sha256(m.graph_bytes).hexdigest()}
+            else:
+                save_checkpoint(m, folder / f"{n}.pt", {"path": n})
+        return {"graphs": graphs} if graphs else {}
+
+
+def _is_graph(m: nn.Module) -> bool:
+    """An :class:`~dyninfer.export.graph.OnnxModule` (duck-typed: this module does not import onnxruntime)."""
+    return getattr(m, "graph_bytes", None) is not None
+
+
+def _graph_cost(name: str, m) -> PathCost:
+    return PathCost(name=name, flops=m.flops, params=m.params, bytes=len(m.graph_bytes), device="cpu")
+
+
+def _load_graph(file: Path, info: dict, device) -> nn.Module:
+    from .export.graph import OnnxModule
+
+    if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"{file} is missing or corrupt (its SHA-256 differs from paths.json); save the policy "
+                              f"again")
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"{file.name} is an onnxruntime (CPU) path; load this policy with device='cpu'")
+    return OnnxModule(file, flops=info["flops"], params=info["params"], precision=info["precision"],
+                      source=info["source"])
 
 
 def _shape_from_arch(models) -> tuple[int, ...] | None:

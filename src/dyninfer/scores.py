@@ -118,8 +118,14 @@ class RandomScore(Score):
         super().__init__()
         self.params = {"seed": int(seed)}
 
+    def projection(self, k: int) -> torch.Tensor:
+        """The seeded random projection (k,) float64 for k classes (made once per k)."""
+        cache = self.__dict__.setdefault("_projection", {})
+        if k not in cache:
+            cache[k] = torch.randn(k, generator=torch.Generator().manual_seed(self.params["seed"]), dtype=torch.float64)
+        return cache[k]
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         z = logits.double()
-        w = torch.randn(z.shape[-1], generator=torch.Generator().manual_seed(self.params["seed"]),
-                        dtype=torch.float64)
-        return torch.frac(torch.sin(z @ w).abs() * 43758.5453).float()
+        v = torch.sin(z @ self.projection(z.shape[-1]).to(z.device)).abs() * 43758.5453
+        return (v - torch.floor(v)).float()  # the fractional part (v >= 0)

@@ -1,4 +1,10 @@
-"""The one check that a runtime agrees with its trace: the same predictions, paths and FLOPs."""
+"""The one check that a runtime agrees with its trace: the same predictions, paths and FLOPs.
+
+It serves every runtime that answers in the shared result vocabulary: the torch runtimes, and the
+exported onnxruntime runtime, whose float arithmetic differs from torch's by about 1e-6. For the latter,
+``near=True`` also finds the samples whose decision lies within float tolerance of the knob (their path
+changes when the knob moves by a relative 1e-4 either way) and counts the mismatches outside them.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,16 @@ from ..errors import ConfigError
 from ..trace import Trace
 
 
-def agreement(runtime, method, trace: Trace, *, knob: Any = None, batch_size: int = 256) -> dict:
+def agreement(runtime, method, trace: Trace, *, knob: Any = None, batch_size: int = 256, near: bool = False,
+              rel: float = 1e-4) -> dict:
     """Run ``runtime`` over the trace's images at ``knob`` (default: its current one) and compare with
     ``method.simulate(trace, knob)`` — or, for a runtime forced to one path, with ``method.simulate_forced``.
 
     Returns:
         {"samples", "pred_mismatch", "path_mismatch", "flops_mismatch", "batch_size", "knob"}; all three
-        mismatch counts are 0 when the runtime makes the trace's decisions.
+        mismatch counts are 0 when the runtime makes the trace's decisions. With ``near``, also
+        "near_threshold" (samples within ``rel`` of the knob, see :func:`near_knob`), "agreement" (share
+        of samples with the same path and prediction) and "mismatch_outside_near".
     """
     if runtime.forced is not None:
         if knob is not None:
@@ -29,14 +38,36 @@ def agreement(runtime, method, trace: Trace, *, knob: Any = None, batch_size: in
         runtime.knob = knob
     try:
         res = runtime.run(trace.inputs(), batch_size)
-        sim = method.simulate(trace, runtime.knob)
+        used = runtime.knob
+        sim = method.simulate(trace, used)
     finally:
         runtime.knob = old
-    return _compare(res, sim, trace, batch_size, runtime.check_knob(knob if knob is not None else old))
+    out = _compare(res, sim, trace, batch_size, used)
+    if near:
+        close = near_knob(method, trace, used, rel=rel)
+        wrong = (np.asarray(res.pred) != sim.pred) | (np.asarray(res.path) != sim.path)
+        out.update(near_threshold=int(close.sum()), agreement=float(1 - wrong.mean()),
+                   mismatch_outside_near=int((wrong & ~close).sum()))
+    return out
+
+
+def near_knob(method, trace: Trace, knob: Any, *, rel: float = 1e-4) -> np.ndarray:
+    """(N,) True where a sample's path changes when every knob value moves by ``rel * max(1, |value|)``
+    down or up: the decisions within float tolerance of a threshold (or, for a cost bias, of a tie)."""
+    values = np.atleast_1d(np.asarray(knob, np.float64))
+    step = rel * np.maximum(1.0, np.abs(np.where(np.isfinite(values), values, 0.0)))
+    shape = np.shape(knob)
+
+    def at(v: np.ndarray):
+        k = float(v[0]) if shape == () else tuple(float(t) for t in v)
+        return method.simulate(trace, k).path
+
+    lo, mid, hi = at(values - step), at(values), at(values + step)
+    return (lo != mid) | (hi != mid)
 
 
 def _compare(res, sim, trace: Trace, batch_size: int, knob: Any) -> dict:
     return {"samples": trace.n, "batch_size": batch_size, "knob": knob,
-            "pred_mismatch": int((res.pred.numpy() != sim.pred).sum()),
-            "path_mismatch": int((res.path.numpy() != sim.path).sum()),
+            "pred_mismatch": int((np.asarray(res.pred) != sim.pred).sum()),
+            "path_mismatch": int((np.asarray(res.path) != sim.path).sum()),
             "flops_mismatch": int((~np.isclose(res.flops, sim.flops, rtol=1e-9, atol=0.5)).sum())}

@@ -16,62 +16,18 @@ path per sample before running any: backbone selection, subnetwork choice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..check import device as check_device
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
+from ..inputs import as_thresholds, check_batch_size
+from ..result import RuntimeResult
 from .validate import PIXEL_RANGE, check_batch
 
-
-@dataclass
-class RuntimeResult:
-    """What a runtime did on one batch (or, from :meth:`Runtime.run`, on many, concatenated).
-
-    Attributes:
-        pred: (N,) predicted class.
-        path: (N,) index of the path whose answer was kept.
-        prob: (N,) softmax probability of the predicted class under that path's logits.
-        flops: (N,) FLOPs spent on each sample (every path that ran on it, plus any decision overhead).
-        seconds: wall time, validation included.
-        path_seconds: (P,) time spent running each path.
-        path_counts: (P,) samples each path ran on.
-        decide_seconds: time spent choosing paths before running them (up-front policies).
-        load_seconds: time spent loading paths into memory (a backbone manager's misses).
-    """
-
-    pred: torch.Tensor
-    path: torch.Tensor
-    prob: torch.Tensor
-    flops: np.ndarray
-    seconds: float
-    path_seconds: np.ndarray
-    path_counts: np.ndarray
-    decide_seconds: float = 0.0
-    load_seconds: float = 0.0
-
-    def __len__(self) -> int:
-        return int(self.pred.shape[0])
-
-    @property
-    def mean_flops(self) -> float:
-        return float(self.flops.mean()) if self.flops.size else 0.0
-
-    def path_share(self) -> np.ndarray:
-        """(P,) share of samples answered by each path."""
-        return np.bincount(self.path.numpy(), minlength=len(self.path_counts)) / max(len(self), 1)
-
-    @staticmethod
-    def concat(parts: Sequence["RuntimeResult"]) -> "RuntimeResult":
-        """Results of consecutive batches as one (times and counts summed)."""
-        return RuntimeResult(torch.cat([r.pred for r in parts]), torch.cat([r.path for r in parts]),
-                             torch.cat([r.prob for r in parts]), np.concatenate([r.flops for r in parts]),
-                             sum(r.seconds for r in parts), np.sum([r.path_seconds for r in parts], 0),
-                             np.sum([r.path_counts for r in parts], 0), sum(r.decide_seconds for r in parts),
-                             sum(r.load_seconds for r in parts))
+__all__ = ["Runtime", "RuntimeResult", "as_thresholds"]
 
 
 class Runtime:
@@ -134,32 +90,9 @@ class Runtime:
         Raises:
             InputError: an empty tensor or a batch size that is not a positive integer.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_batch_size(batch_size)
         x = self.check(x)
         knob, forced = self._knob, self.forced
         with torch.inference_mode():
             parts = [self._execute(x[i:i + batch_size], knob, forced) for i in range(0, x.shape[0], batch_size)]
         return RuntimeResult.concat(parts)
-
-
-def as_thresholds(values: object, count: int, what: str = "thresholds") -> tuple[float, ...]:
-    """``count`` thresholds as floats (one number is used for all); clear errors for anything else.
-
-    -inf makes every sample leave at that stage; +inf lets none leave unless its score is +inf too.
-    """
-    if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
-        values = [values] * count
-    try:
-        values = list(values)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError(f"{what} must be a number or a list of numbers, got {values!r}") from None
-    if any(isinstance(v, (bool, str, bytes)) or not isinstance(v, (int, float, np.integer, np.floating))
-           for v in values):
-        raise ConfigError(f"{what} must be numbers, got {values!r}")
-    t = tuple(float(v) for v in values)
-    if len(t) != count:
-        raise ConfigError(f"need {count} {what}, got {len(t)}: {list(t)}")
-    if any(np.isnan(v) for v in t):
-        raise ConfigError(f"{what} must not be NaN: {list(t)}")
-    return t

@@ -1,9 +1,9 @@
 """Input checks shared by every runtime (and by the server and the exported runtimes later): a bad
 batch is refused, with what was wrong and what to do, before any work is done.
 
-One place decides what a valid batch is: a 4-D floating-point tensor (N, C, H, W) with N >= 1, the
-channels and size the models expect, finite values, and pixel values in [0, 1] (the models carry
-their own normalisation). The range check is one fused min/max pass, so it also finds NaN and inf.
+The rules (and the messages) live in :mod:`dyninfer.inputs`, which imports no torch, so the exported
+onnxruntime runtime checks numpy batches exactly as this checks torch tensors. The range check is one
+fused min/max pass, so it also finds NaN and inf.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..inputs import PIXEL_RANGE, check_range, check_shape, dtype_message
 
-# Pixels are in [0, 1]; the slack admits mild augmentation but refuses 0-255 pixels and normalised inputs.
-PIXEL_RANGE = (-0.5, 1.5)
+__all__ = ["PIXEL_RANGE", "check_batch"]
 
 
 def check_batch(x: object, input_shape: tuple[int, ...] | None, *, where: str = "runtime",
@@ -38,32 +38,11 @@ def check_batch(x: object, input_shape: tuple[int, ...] | None, *, where: str = 
         raise InputError(f"{where}: expected a torch.Tensor of images (N, C, H, W), got {type(x).__name__}; "
                          f"convert with torch.as_tensor(x, dtype=torch.float32)")
     if not torch.is_floating_point(x):
-        hint = "x.float() / 255 for uint8 pixels" if x.dtype == torch.uint8 else "x.float() with values in [0, 1]"
-        raise InputError(f"{where}: expected floating-point images in [0, 1], got dtype {x.dtype}; convert with {hint}")
-    if x.ndim != 4:
-        hint = "; add a batch dimension with x.unsqueeze(0)" if x.ndim == 3 else ""
-        raise InputError(f"{where}: expected a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}{hint}")
-    if x.shape[0] == 0:
-        raise InputError(f"{where}: empty batch (shape {tuple(x.shape)}); send at least one image")
-    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
-        c, h, w = input_shape
-        what = "channels" if x.shape[1] != c else "image size"
-        raise InputError(f"{where}: wrong {what}: got images of shape {tuple(x.shape[1:])}, the models expect "
-                         f"(C, H, W) = {tuple(input_shape)}; resize or convert them first")
+        raise InputError(dtype_message(where, str(x.dtype).removeprefix("torch."), integer_u8=x.dtype == torch.uint8,
+                                       numpy=False))
+    check_shape(tuple(x.shape), input_shape, where)
     if x.dtype != torch.float32:
         x = x.float()
     lo, hi = (float(v) for v in torch.aminmax(x))  # NaN propagates into both
-    if not (lo == lo and hi == hi) or abs(lo) == float("inf") or abs(hi) == float("inf"):
-        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-        raise InputError(f"{where}: {bad} of {x.shape[0]} images contain NaN or inf values; clean them first")
-    if value_range is not None and (lo < value_range[0] or hi > value_range[1]):
-        if hi > 10:
-            why = "they look like 0-255 pixels: divide by 255"
-        elif lo < 0:
-            why = ("they look normalised (mean 0, std 1): pass raw pixels in [0, 1], the models normalise "
-                   "their input themselves")
-        else:
-            why = "rescale them to [0, 1]"
-        raise InputError(f"{where}: pixel values span [{lo:.3g}, {hi:.3g}], outside the expected [0, 1] "
-                         f"(allowed {value_range[0]:g} to {value_range[1]:g}); {why}")
+    check_range(lo, hi, x.shape[0], lambda: int((~torch.isfinite(x)).flatten(1).any(1).sum()), value_range, where)
     return x

@@ -120,7 +120,8 @@ class ComplexityAnalyser:
     def _affine(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cached (lo (2,), scale (2,), weights (2,)) of the fitted normalisation on ``device``."""
         key = (device, dtype, self.edge_range_, self.texture_range_)
-        if getattr(self, "_affine_key", None) != key:
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # never cache traced tensors
+        if tracing or getattr(self, "_affine_key", None) != key:
             (elo, ehi), (tlo, thi) = self.edge_range_, self.texture_range_
             total = self.config.edge_weight + self.config.texture_weight
             self._affine_cache = (
@@ -128,7 +129,7 @@ class ComplexityAnalyser:
                 torch.tensor([1 / max(ehi - elo, 1e-12), 1 / max(thi - tlo, 1e-12)], dtype=dtype, device=device),
                 torch.tensor([self.config.edge_weight / total, self.config.texture_weight / total], dtype=dtype,
                              device=device))
-            self._affine_key = key
+            self._affine_key = None if tracing else key
         return self._affine_cache
 
     def components(self, x: torch.Tensor, *, validate: bool = True) -> torch.Tensor:

@@ -33,20 +33,12 @@ from ...runtime.upfront import UpfrontRuntime
 from ...trace import Trace
 from ..base import Method, _num, register_method
 from .complexity import ComplexityAnalyser, ComplexityConfig
+from ...inputs import as_bias, biased_choice
 from .features import make_features
 from .policy import PolicyConfig, PolicyNet
 from .selector import BackboneSelector, SelectorConfig, time_per_image
 
 DEFAULT_LAMBDAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
-
-
-def biased_choice(logits: torch.Tensor, bias: float, cost: torch.Tensor) -> torch.Tensor:
-    """(N,) argmax_p of ``logits - bias * cost`` (N, P); +inf picks the cheapest path, -inf the dearest."""
-    if bias == float("inf"):
-        return torch.full((logits.shape[0],), int(cost.argmin()), dtype=torch.long)
-    if bias == float("-inf"):
-        return torch.full((logits.shape[0],), int(cost.argmax()), dtype=torch.long)
-    return (logits - bias * cost[None]).argmax(1)
 
 
 def margin_above_hull(outcome: Outcome, times: np.ndarray, static_accuracy: np.ndarray, overhead_s: float = 0.0) -> dict:
@@ -222,13 +214,7 @@ class Selection(Method):
         return self.selectors_[self.lambda_]
 
     def check_knob(self, value: Any) -> float:
-        if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == 1:
-            value = np.ravel(value)[0]
-        if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"the selection knob is one number (a cost bias), got {value!r}")
-        if np.isnan(value):
-            raise ConfigError("the selection knob must not be NaN")
-        return float(value)
+        return as_bias(value)
 
     def simulate_forced(self, trace: Trace, path: str) -> Outcome:
         """Every image to ``path``, the chooser not run (its FLOPs not charged)."""
@@ -241,6 +227,15 @@ class Selection(Method):
     def choose(self, x: torch.Tensor, knob: float) -> torch.Tensor:
         """(N,) backbone per image at cost bias ``knob`` (the up-front runtime's chooser)."""
         return biased_choice(self.selector_.logits(x).cpu(), knob, self.cost_)
+
+    def decision_module(self) -> nn.Module:
+        """Images -> policy logits (N, P) of the chosen lambda's selector (what an export runs before the rule)."""
+        return self.selector_.decision_module()
+
+    def decision_rule(self) -> dict:
+        """How policy logits become a path: the cost-biased argmax (:func:`~dyninfer.inputs.biased_choice`)."""
+        self.check_fitted()
+        return {"rule": "biased_argmax", "cost": self.cost_.tolist()}
 
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """What the selector does on ``trace`` (which must carry its images) at cost bias ``knob``."""

@@ -140,22 +140,38 @@ class BackboneSelector:
             batch_size: images processed at once.
             validate: full input validation of ``x`` (the runtime validates each batch itself).
         """
-        outs = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
-            parts = []
-            if self.config.use_features:
-                parts.append(self.features_(xb))  # (B, D_f)
-            if self.config.use_complexity:
-                parts.append(self.analyser_.components(xb, validate=validate))  # (B, 3)
-            outs.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+        outs = [self.batch_inputs(x[i:i + batch_size], validate=validate) for i in range(0, x.shape[0], batch_size)]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def batch_inputs(self, x: torch.Tensor, *, validate: bool = False) -> torch.Tensor:
+        """Policy inputs (B, D) of one batch (what :meth:`inputs` computes per chunk, and what is exported)."""
+        parts = []
+        if self.config.use_features:
+            parts.append(self.features_(x))  # (B, D_f)
+        if self.config.use_complexity:
+            parts.append(self.analyser_.components(x, validate=validate))  # (B, 3)
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def decision_module(self) -> nn.Module:
+        """A module images (N, C, H, W) -> policy logits (N, P): features, complexity and policy in one graph."""
+        self._check_fitted()
+        return _Decision(self)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Policy logits (N, P) for images (N, C, H, W)."""
         self._check_fitted()
         return self.policy_.logits(self.inputs(x.to(self.policy_.mean.device)))
+
+
+class _Decision(nn.Module):
+    def __init__(self, sel: BackboneSelector) -> None:
+        super().__init__()
+        self.sel = sel
+        self.features, self.policy = sel.features_, sel.policy_  # registered, so .to() and export see them
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.policy.logits(self.sel.batch_inputs(x))
 
 
 class ScorePolicy:
