@@ -117,6 +117,16 @@ def as_thresholds(values: object, count: int, what: str = "thresholds") -> tuple
     return t
 
 
+def path_index(paths: Sequence[str], path: object) -> int | None:
+    """The index of ``path`` (a name or an index) among ``paths``; None stays None; ConfigError otherwise."""
+    if path is None:
+        return None
+    idx = list(paths).index(path) if isinstance(path, str) and path in paths else path
+    if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or not 0 <= idx < len(paths):
+        raise ConfigError(f"no path {path!r}; this runtime has {list(paths)}")
+    return int(idx)
+
+
 def as_bias(value: object) -> float:
     """A cost-bias knob (up-front selection) as one float, or ConfigError."""
     if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == 1:

@@ -32,7 +32,8 @@ def agreement(runtime, method, trace: Trace, *, knob: Any = None, batch_size: in
             raise ConfigError("a knob does not apply to a runtime forced to one path; call runtime.force(None) first")
         res = runtime.run(trace.inputs(), batch_size)
         sim = method.simulate_forced(trace, runtime.paths[runtime.forced])
-        return _compare(res, sim, trace, batch_size, f"forced to {runtime.paths[runtime.forced]}")
+        out = _compare(res, sim, trace, batch_size, f"forced to {runtime.paths[runtime.forced]}")
+        return _near(out, res, sim, np.zeros(trace.n, bool)) if near else out  # no decision, nothing near
     old = runtime.knob
     if knob is not None:
         runtime.knob = knob
@@ -43,12 +44,13 @@ def agreement(runtime, method, trace: Trace, *, knob: Any = None, batch_size: in
     finally:
         runtime.knob = old
     out = _compare(res, sim, trace, batch_size, used)
-    if near:
-        close = near_knob(method, trace, used, rel=rel)
-        wrong = (np.asarray(res.pred) != sim.pred) | (np.asarray(res.path) != sim.path)
-        out.update(near_threshold=int(close.sum()), agreement=float(1 - wrong.mean()),
-                   mismatch_outside_near=int((wrong & ~close).sum()))
-    return out
+    return _near(out, res, sim, near_knob(method, trace, used, rel=rel)) if near else out
+
+
+def _near(out: dict, res, sim, close: np.ndarray) -> dict:
+    wrong = (np.asarray(res.pred) != sim.pred) | (np.asarray(res.path) != sim.path)
+    return {**out, "near_threshold": int(close.sum()), "agreement": float(1 - wrong.mean()),
+            "mismatch_outside_near": int((wrong & ~close).sum())}
 
 
 def near_knob(method, trace: Trace, knob: Any, *, rel: float = 1e-4) -> np.ndarray:

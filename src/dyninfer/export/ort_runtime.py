@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..inputs import as_bias, as_thresholds, biased_choice, check_array, check_batch_size
+from ..inputs import as_bias, as_thresholds, biased_choice, check_array, check_batch_size, path_index
 from ..result import RuntimeResult
 from .spec import read_spec
 
@@ -116,13 +116,7 @@ class OrtRuntime:
 
     def force(self, path: int | str | None) -> None:
         """Send every sample to ``path`` (index or name) without any decision; None: back to the knob."""
-        if path is None:
-            self.forced = None
-            return
-        idx = self.paths.index(path) if isinstance(path, str) and path in self.paths else path
-        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or not 0 <= idx < len(self.paths):
-            raise ConfigError(f"no path {path!r}; this runtime has {self.paths}")
-        self.forced = int(idx)
+        self.forced = path_index(self.paths, path)
 
     # ------------------------------------------------------------------ running
     def check(self, x: object) -> np.ndarray:
@@ -247,7 +241,11 @@ class SingleGraphRuntime:
         self.input_shape = tuple(self.spec["input"]["shape"])
         self.value_range = tuple(self.spec["input"]["accepted_range"])
         self.stage_flops = np.array([p["flops"] for p in self.spec["paths"]], float)
+        if self.spec.get("forced") is not None:
+            raise ConfigError(f"{self.folder}: no operating point was certified, so this policy runs its reference "
+                              f"path alone; use OrtRuntime, which does")
         self._session = make_session(self.folder / single["graph"], threads=threads)
+        self.forced = None  # one graph, one decision rule: no forced mode
         self.knob = self.spec["knob"]["value"]
 
     @property
@@ -256,7 +254,10 @@ class SingleGraphRuntime:
 
     @knob.setter
     def knob(self, value: Any) -> None:
-        self._knob = as_thresholds(value, len(self.paths) - 1)
+        self._knob = self.check_knob(value)
+
+    def check_knob(self, value: Any) -> tuple[float, ...]:
+        return as_thresholds(value, len(self.paths) - 1)
 
     def __call__(self, x: np.ndarray) -> RuntimeResult:
         t0 = time.perf_counter()

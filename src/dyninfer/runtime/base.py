@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ..check import device as check_device
-from ..errors import ConfigError
-from ..inputs import as_thresholds, check_batch_size
+from ..inputs import as_thresholds, check_batch_size, path_index
 from ..result import RuntimeResult
 from .validate import PIXEL_RANGE, check_batch
 
@@ -51,13 +49,7 @@ class Runtime:
 
     def force(self, path: int | str | None) -> None:
         """Send every sample to ``path`` (index or name) without running any decision; None: back to the knob."""
-        if path is None:
-            self.forced = None
-            return
-        idx = self.paths.index(path) if isinstance(path, str) and path in self.paths else path
-        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or not 0 <= idx < len(self.paths):
-            raise ConfigError(f"no path {path!r}; this runtime has {self.paths}")
-        self.forced = int(idx)
+        self.forced = path_index(self.paths, path)
 
     @property
     def knob(self) -> Any:
