@@ -263,3 +263,25 @@ def test_the_export_command(exported, tmp_path, capsys):
     assert set(spec["files"]) == {"decision.onnx", *[f"paths/{n}.onnx" for n in ("cnn-s", "cnn-m")]}
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     assert "no saved policy" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_subnets_of_a_supernet_export_as_paths(digits, tmp_path):
+    """The static subnets ``get_active_subnet`` returns are what is exported and run."""
+    import test_paths  # registers the toy supernet backbone
+
+    from dyninfer.models import create_model
+    from dyninfer.paths import SupernetPaths
+
+    torch.manual_seed(0)
+    net = create_model("test-toy-supernet", digits.spec).eval()
+    paths = SupernetPaths(net, {f"w{w}": {"width": w} for w in test_paths.WIDTHS})
+    calib, test = paths.record(digits.calib), paths.record(digits.test)
+    c = create_method("cascade", scores=("max_softmax",), tolerance=0.5).fit(calib)
+    save_policy(tmp_path / "policy", c, paths)
+    export_policy(tmp_path / "policy", tmp_path / "onnx", sample=digits.calib.x[:16], log=None)
+    spec = json.loads((tmp_path / "onnx" / "spec.json").read_text())
+    assert spec["kind"] == "supernet" and [p["name"] for p in spec["paths"]] == c.stages_
+    rt = OrtRuntime(tmp_path / "onnx")
+    rt.force(None)
+    rep = agreement(rt, c, test, knob=c.knob_, batch_size=64, near=True)
+    assert rep["mismatch_outside_near"] == 0 and rep["near_threshold"] <= 0.01 * test.n

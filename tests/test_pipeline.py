@@ -191,6 +191,10 @@ def test_a_cascade_on_part_of_a_pool_is_timed_and_plotted_on_its_own_paths(digit
                   log=lambda s: None)
     assert ev.own_test.paths == ["a", "c"] and ev.results["agreement"]["pred_mismatch"] == 0
     assert all(v > 0 for v in ev.results["timing"]["predicted_seconds"].values())
+    share = ev.results["operating_point"]["test_path_share"]
+    assert ev.results["method_paths"] == ["a", "c"] and len(share) == 2 and sum(share) == pytest.approx(1)
+    text = shared_sections(ev)[0].markdown
+    assert f"a {100 * share[0]:.1f}%, c {100 * share[1]:.1f}%." in text and "b " not in text.split("per path:")[1][:30]
     for section in shared_sections(ev):
         for name, draw in section.plots.items():
             draw(tmp_path / name)

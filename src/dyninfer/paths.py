@@ -152,6 +152,10 @@ class PathSet:
 class ModulePool(PathSet):
     """Separate modules as paths, cheapest first (the last is the reference).
 
+    A path may also be an ONNX graph run on onnxruntime (:class:`~dyninfer.export.graph.OnnxModule`, e.g. an
+    INT8 copy of a student from :func:`~dyninfer.export.quantize.quantized_pool`): its FLOPs are those of the
+    module it came from, and a saved pool stores the graph itself (``NAME.onnx``, checksummed).
+
     Args:
         models: name -> module mapping images (N, C, H, W) in [0, 1] to logits (N, K).
         input_shape: (C, H, W) of the images (default: what the models were built for, when dyninfer built them).

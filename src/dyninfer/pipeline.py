@@ -250,13 +250,13 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
                        "energy_j_per_image": c.energy_j_per_sample, "energy_source": c.energy_source})
     results = {
         "method": method.name, "params": jsonable(method.get_params()), "knob": jsonable(method.knob_),
-        "fit_seconds": fit_seconds, "kind": paths.kind, "paths": list(test.paths),
+        "fit_seconds": fit_seconds, "kind": paths.kind, "paths": list(test.paths), "method_paths": list(own.paths),
         "operating_point": {**op.to_dict(), "test_accuracy": outcome.accuracy, "test_flops": outcome.mean_flops,
                             "reference_test_accuracy": ref_acc, "reference_flops": ref_flops,
                             "flops_saving": ref_flops / outcome.mean_flops, "test_loss": loss,
                             "held_on_test": bool(loss <= op.tolerance + 1e-12),
                             "reference_calib_accuracy": calib.accuracy(calib.index(op.reference)),
-                            "test_path_share": outcome.path_share(len(test.paths)).tolist()},
+                            "test_path_share": outcome.path_share(len(own.paths)).tolist()},  # method_paths order
         "oracle": {"test_accuracy": orc.accuracy, "test_flops": orc.mean_flops,
                    "saving_captured": (ref_flops - outcome.mean_flops) / (ref_flops - orc.mean_flops)
                    if ref_flops > orc.mean_flops else float("nan")},
@@ -283,7 +283,7 @@ def shared_sections(ev: Evaluation) -> list[Section]:
             f"{100 * op['tolerance']:.2f}).",
             f"- FLOPs: {op['test_flops'] / 1e6:.3f} M vs {op['reference_flops'] / 1e6:.3f} M per image — "
             f"**{op['flops_saving']:.2f}x fewer**. Share answered per path: "
-            + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(r["paths"], op["test_path_share"])) + ".",
+            + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(r["method_paths"], op["test_path_share"])) + ".",
             f"- Guarantee: {op['statement']} On the test split it **{'held' if op['held_on_test'] else 'did not hold'}**. "
             f"It assumes the calibration and test images come from one distribution: the reference path is "
             f"{_pct(op['reference_calib_accuracy'])}% accurate on calibration and "

@@ -4,7 +4,7 @@ Layout of ``DIR/policy/``::
 
     policy.json      method name, path-set kind, input spec (shape, pixel range, class names), provenance
     method/          the fitted method (``method.json`` with settings and learned state, ``state.pt``)
-    paths/           the path set (``paths.json`` and checkpoints)
+    paths/           the path set (``paths.json`` and checkpoints, or ONNX graphs for onnxruntime paths)
 
 Every file carries a SHA-256 checksum (``state.pt``'s inside ``method.json``'s); a changed byte makes
 :func:`load_policy` refuse the folder

@@ -6,9 +6,13 @@ onnxruntime's tools; the copies join the pool as :class:`~dyninfer.export.graph.
 treat them like any other path (a cascade may then take an INT8 student before an FP32 teacher).
 
 Modes:
-    ``int8-dynamic``  weights INT8, activations quantised per batch at run time (``quantize_dynamic``);
+    ``int8-dynamic``  weights INT8, activations quantised at run time with the range of the whole batch
+                      (``quantize_dynamic``): a sample's logits then depend on its batch mates, so a sequential
+                      runtime (whose batch shrinks as samples leave) can disagree with the trace; prefer
+                      ``int8-static`` in cascades;
     ``int8-static``   weights and activations INT8 (QDQ, per-channel weights), activation ranges calibrated
-                      on calibration images (``quantize_static``, MinMax);
+                      on calibration images (``quantize_static``; MinMax, entropy or percentile calibrator);
+                      the first convolution, which reads the raw image, stays float32;
     ``fp16``          weights and compute in FP16, float32 inputs and outputs (``convert_float_to_float16``);
                       refused where onnxruntime's CPU provider cannot run the graph.
 """
@@ -33,6 +37,7 @@ from .onnx import ExportError, export_graph
 from .ort_runtime import make_session
 
 MODES = ("int8-dynamic", "int8-static", "fp16")
+CALIBRATIONS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 class _Reader:
@@ -46,11 +51,13 @@ class _Reader:
 
 
 def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, mode: str, *,
-                   calib_images: np.ndarray | None = None) -> Path:
+                   calib_images: np.ndarray | None = None, calibration: str = "minmax") -> Path:
     """Write a ``mode`` copy of the float32 graph ``src`` to ``dst``.
 
     Args:
         calib_images: (N, C, H, W) float32 calibration images, needed by ``int8-static``.
+        calibration: how ``int8-static`` sets activation ranges from them: ``minmax``, ``entropy`` or
+            ``percentile`` (onnxruntime's calibrators).
 
     Raises:
         ConfigError: an unknown mode, no calibration images for static INT8, or a graph the CPU provider
@@ -60,6 +67,8 @@ def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, mode: str, *,
 
     if mode not in MODES:
         raise ConfigError(f"unknown quantisation mode {mode!r}; known: {list(MODES)}")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"unknown calibration {calibration!r}; known: {list(CALIBRATIONS)}")
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     quiet = contextlib.redirect_stdout(io.StringIO())
@@ -80,9 +89,9 @@ def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, mode: str, *,
                                       "ranges")
                 name = make_session(pre).get_inputs()[0].name
                 q.quantize_static(str(pre), str(dst), _Reader(np.asarray(calib_images, np.float32), name),
-                                  quant_format=q.QuantFormat.QDQ, per_channel=True,
+                                  nodes_to_exclude=_first_conv(pre), quant_format=q.QuantFormat.QDQ, per_channel=True,
                                   activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                                  calibrate_method=q.CalibrationMethod.MinMax)
+                                  calibrate_method=getattr(q.CalibrationMethod, CALIBRATIONS[calibration]))
     try:
         session = make_session(dst)
         session.run(None, {session.get_inputs()[0].name: np.zeros((2, *_input_shape(session)), np.float32)})
@@ -93,12 +102,22 @@ def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, mode: str, *,
     return dst
 
 
+def _first_conv(path: Path) -> list[str]:
+    """The first convolution's node name: it stays float32 in static INT8. It reads the raw image, and
+    quantising it cost 0.7 points (cnn-m) and 7 points (cnn-s) of Fashion-MNIST calibration accuracy, against
+    under 0.1 point for everything else quantised; its share of the FLOPs is small."""
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    return convs[:1]
+
+
 def _input_shape(session) -> tuple[int, ...]:
     return tuple(int(d) for d in session.get_inputs()[0].shape[1:])
 
 
 def quantized_pool(pool: ModulePool, names: Sequence[str], modes: Sequence[str], folder: str | os.PathLike, *,
-                   calib_images: torch.Tensor | None = None, replace: bool = False,
+                   calib_images: torch.Tensor | None = None, calibration: str = "minmax", replace: bool = False,
                    log: Callable[[str], None] | None = print) -> ModulePool:
     """A pool with ``mode`` copies of the paths ``names`` (``NAME@MODE``), each placed before its source.
 
@@ -108,6 +127,7 @@ def quantized_pool(pool: ModulePool, names: Sequence[str], modes: Sequence[str],
         modes: see :data:`MODES`.
         folder: where the graphs are written (kept: the new paths run from there).
         calib_images: calibration images (N, C, H, W) in [0, 1] for ``int8-static`` (the first 1024 are used).
+        calibration: activation-range calibrator of ``int8-static`` (see :func:`quantize_graph`).
         replace: drop the float32 sources of the copies (a pool of INT8 students and a float32 teacher).
 
     Returns:
@@ -133,7 +153,7 @@ def quantized_pool(pool: ModulePool, names: Sequence[str], modes: Sequence[str],
             flops, params = count_flops(model, pool.input_shape), count_params(model)
             for mode in modes:
                 dst = quantize_graph(fp32, folder / f"{name}@{mode}.onnx", mode,
-                                     calib_images=None if calib is None else calib.numpy())
+                                     calib_images=None if calib is None else calib.numpy(), calibration=calibration)
                 models[f"{name}@{mode}"] = OnnxModule(dst, flops=flops, params=params, precision=mode, source=name)
                 if log:
                     log(f"[quantize] {name}@{mode}: {dst.stat().st_size / 1e6:.2f} MB (float32 "
