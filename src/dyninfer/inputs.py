@@ -11,7 +11,7 @@ expect, finite values, and pixel values in [0, 1] (the models carry their own no
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -153,3 +153,28 @@ def _long(t):
     import torch  # only reached with torch tensors
 
     return torch.long
+
+
+class Knobbed:
+    """The knob and forced-path state every runtime shares (torch or onnxruntime): ``knob`` is checked by
+    ``check_knob`` when set; ``force(path)`` sends every sample to one path (None: back to the knob).
+    Subclasses set ``paths`` and implement ``check_knob``."""
+
+    paths: list[str]
+    forced: int | None = None
+
+    def check_knob(self, value: Any) -> Any:  # pragma: no cover - every runtime overrides it
+        raise NotImplementedError
+
+    @property
+    def knob(self) -> Any:
+        """The policy's current setting (thresholds, cost bias, ...)."""
+        return self._knob
+
+    @knob.setter
+    def knob(self, value: Any) -> None:
+        self._knob = self.check_knob(value)
+
+    def force(self, path: int | str | None) -> None:
+        """Send every sample to ``path`` (index or name) without running any decision; None: back to the knob."""
+        self.forced = path_index(self.paths, path)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..inputs import as_bias, as_thresholds, biased_choice, check_array, check_batch_size, path_index
+from ..inputs import Knobbed, as_bias, as_thresholds, biased_choice, check_array, check_batch_size
 from ..result import RuntimeResult
 from .spec import read_spec
 
@@ -62,7 +62,7 @@ def softmax_max(logits: np.ndarray) -> np.ndarray:
     return (1.0 / e.sum(1)).astype(np.float32)  # exp(0) / sum
 
 
-class OrtRuntime:
+class OrtRuntime(Knobbed):
     """An exported policy on onnxruntime.
 
     Args:
@@ -101,22 +101,10 @@ class OrtRuntime:
             self.force(int(spec["forced"]))
 
     # ------------------------------------------------------------------ the knob
-    @property
-    def knob(self) -> Any:
-        return self._knob
-
-    @knob.setter
-    def knob(self, value: Any) -> None:
-        self._knob = self.check_knob(value)
-
     def check_knob(self, value: Any) -> Any:
         if self.executor == "sequential":
             return as_thresholds(value, len(self.paths) - 1)
         return as_bias(value)
-
-    def force(self, path: int | str | None) -> None:
-        """Send every sample to ``path`` (index or name) without any decision; None: back to the knob."""
-        self.forced = path_index(self.paths, path)
 
     # ------------------------------------------------------------------ running
     def check(self, x: object) -> np.ndarray:
@@ -224,7 +212,7 @@ class OrtRuntime:
         return RuntimeResult(pred, choice, prob, flops, time.perf_counter() - t0, secs, counts, t_dec)
 
 
-class SingleGraphRuntime:
+class SingleGraphRuntime(Knobbed):
     """A cascade exported as one graph (``OUT/single/cascade.onnx``): the thresholds are a graph input, the
     later stages run inside ``If`` branches on the samples that go on. Same checks and result fields; no
     per-path times (the graph is one call).
@@ -247,14 +235,6 @@ class SingleGraphRuntime:
         self._session = make_session(self.folder / single["graph"], threads=threads)
         self.forced = None  # one graph, one decision rule: no forced mode
         self.knob = self.spec["knob"]["value"]
-
-    @property
-    def knob(self) -> tuple[float, ...]:
-        return self._knob
-
-    @knob.setter
-    def knob(self, value: Any) -> None:
-        self._knob = self.check_knob(value)
 
     def check_knob(self, value: Any) -> tuple[float, ...]:
         return as_thresholds(value, len(self.paths) - 1)

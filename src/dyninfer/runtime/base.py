@@ -21,14 +21,14 @@ from typing import Any, Sequence
 import torch
 
 from ..check import device as check_device
-from ..inputs import as_thresholds, check_batch_size, path_index
+from ..inputs import Knobbed, as_thresholds, check_batch_size
 from ..result import RuntimeResult
 from .validate import PIXEL_RANGE, check_batch
 
 __all__ = ["Runtime", "RuntimeResult", "as_thresholds"]
 
 
-class Runtime:
+class Runtime(Knobbed):
     """Base of the executors: input checks, the knob, batching.
 
     Args:
@@ -46,19 +46,6 @@ class Runtime:
         self.device = check_device(device)
         self.value_range = value_range
         self.forced: int | None = None
-
-    def force(self, path: int | str | None) -> None:
-        """Send every sample to ``path`` (index or name) without running any decision; None: back to the knob."""
-        self.forced = path_index(self.paths, path)
-
-    @property
-    def knob(self) -> Any:
-        """The policy's current setting (thresholds, cost bias, ...)."""
-        return self._knob
-
-    @knob.setter
-    def knob(self, value: Any) -> None:
-        self._knob = self.check_knob(value)
 
     def check_knob(self, value: Any) -> Any:  # pragma: no cover - every executor overrides it
         raise NotImplementedError
