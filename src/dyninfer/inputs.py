@@ -143,16 +143,8 @@ def biased_choice(logits, bias: float, cost):
     arrays or torch tensors (the result has the input's type); +inf picks the cheapest path, -inf the dearest."""
     if bias in (float("inf"), float("-inf")):
         p = int(cost.argmin() if bias > 0 else cost.argmax())
-        if isinstance(logits, np.ndarray):
-            return np.full(logits.shape[0], p, dtype=np.int64)
-        return logits.new_full((logits.shape[0],), p, dtype=_long(logits))
+        return logits[:, :1].argmax(1) + p  # (N,) int64 of the input's type: argmax over one column is 0
     return (logits - bias * cost[None]).argmax(1)
-
-
-def _long(t):
-    import torch  # only reached with torch tensors
-
-    return torch.long
 
 
 class Knobbed:

@@ -177,7 +177,7 @@ class ModulePool(PathSet):
     def count(self) -> list[PathCost]:
         if self.input_shape is None:
             raise ConfigError("the pool does not know its input shape; pass input_shape=(C, H, W)")
-        return [_graph_cost(n, m) if _is_graph(m) else
+        return [_graph_cost(n, m) if is_graph(m) else
                 PathCost(name=n, flops=count_flops(m, self.input_shape), params=count_params(m),
                          bytes=sum(model_bytes(m).values()), device=str(model_device(m)))
                 for n, m in self.models.items()]
@@ -220,7 +220,7 @@ class ModulePool(PathSet):
     def _save_into(self, folder: Path) -> dict:
         graphs = {}
         for n, m in self.models.items():
-            if _is_graph(m):  # an ONNX path (a quantised copy): the graph file itself, checksummed
+            if is_graph(m):  # an ONNX path (a quantised copy): the graph file itself, checksummed
                 (folder / f"{n}.onnx").write_bytes(m.graph_bytes)
                 graphs[n] = {**m.describe(), "sha256": hashlib.sha256(m.graph_bytes).hexdigest()}
             else:
@@ -228,7 +228,7 @@ class ModulePool(PathSet):
         return {"graphs": graphs} if graphs else {}
 
 
-def _is_graph(m: nn.Module) -> bool:
+def is_graph(m: nn.Module) -> bool:
     """An :class:`~dyninfer.export.graph.OnnxModule` (duck-typed: this module does not import onnxruntime)."""
     return getattr(m, "graph_bytes", None) is not None
 

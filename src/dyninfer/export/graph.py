@@ -32,9 +32,10 @@ class OnnxModule(nn.Module):
                  source: str | None = None, threads: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self.graph_bytes = self.path.read_bytes() if self.path.is_file() else None
-        if self.graph_bytes is None:
-            raise CheckpointError(f"{self.path} is missing; quantise or export the path again")
+        try:
+            self.graph_bytes = self.path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path} is missing; quantise or export the path again") from None
         self.flops, self.params, self.precision, self.source, self.threads = int(flops), int(params), precision, source, threads
         self._session = make_session(self.path, threads=threads)
         self._input = self._session.get_inputs()[0].name

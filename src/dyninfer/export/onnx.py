@@ -33,6 +33,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ConfigError, DyninferError
 from ..io import atomic_dir
+from ..paths import is_graph
 from ..policy import Policy, load_policy
 from ..runtime.sequential import SequentialRuntime, _identity
 from ..runtime.upfront import UpfrontRuntime
@@ -233,7 +234,7 @@ def export_policy(policy: Policy | str | os.PathLike, out: str | os.PathLike, *,
 
 def _copy_or_export(model: nn.Module, sample: torch.Tensor, file: Path, atol: float) -> tuple[float, str]:
     """A pool path's graph: copied when the path already is an ONNX graph, else exported and checked."""
-    if getattr(model, "graph_bytes", None) is not None:  # an OnnxModule: the graph as it was traced and timed
+    if is_graph(model):  # an OnnxModule: the graph as it was traced and timed
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(model.graph_bytes)
         return 0.0, model.precision
@@ -274,23 +275,19 @@ def _export_sequential(rt: SequentialRuntime, paths, sample, tmp: Path, spec: di
         raise ConfigError(f"the {score.name} router hashes its logits through sin() at 1e-16 precision, which "
                           f"onnxruntime's arithmetic does not reproduce; export a policy with a confidence score "
                           f"(energy, max_softmax, margin, entropy)")
-    if score is not None:
+    if score is not None:  # a one-stage runtime decides nothing: no score
         with torch.no_grad():
             logits = _as_tuple(_Stage(rt.stages[0].advance, rt.stages[0].head)(sample))[-1].float()
         diff = export_graph(_ScoreGraph(score, logits.shape[1]), (logits,), tmp / "score.onnx", ["logits"], ["score"],
                             atol=atol)
         spec["score"] = {"name": score.name, "params": dict(score.params), "graph": "score.onnx", "max_abs_diff": diff}
-    else:  # one stage: a score graph that is never run keeps the spec uniform
-        spec["score"] = {"name": "none", "params": {}, "graph": "score.onnx", "max_abs_diff": 0.0}
-        export_graph(_ScoreGraph(lambda z: z.amax(-1), 2), (torch.zeros(2, 2),), tmp / "score.onnx", ["logits"],
-                     ["score"], atol=atol)
     spec["executor"] = "sequential"
     spec["knob"] = {"kind": "thresholds", "value": list(rt.knob), "direction": 1}
 
 
 def _export_single(rt: SequentialRuntime, paths, sample, tmp: Path, spec: dict, atol: float, say) -> None:
     models = [paths.models[n] for n in rt.paths]
-    if any(getattr(m, "graph_bytes", None) is not None for m in models):
+    if any(is_graph(m) for m in models):
         say("[export] single graph skipped: a path is already an ONNX graph (quantised)")
         return
     thr = torch.tensor([float(np.clip(t, -1e30, 1e30)) for t in rt.knob], dtype=torch.float32)

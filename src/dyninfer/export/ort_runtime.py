@@ -89,7 +89,7 @@ class OrtRuntime(Knobbed):
         self.stage_flops = np.array([p["flops"] for p in spec["paths"]], float)
         self.skip_flops = np.array([p.get("skip_flops", 0.0) for p in spec["paths"]], float)
         if self.executor == "sequential":
-            self._score = make_session(self.folder / spec["score"]["graph"], threads=threads)
+            self._score = make_session(self.folder / spec["score"]["graph"], threads=threads) if spec["score"] else None
         else:
             d = spec["decision"]
             self._decision = make_session(self.folder / d["graph"], threads=threads)

@@ -29,11 +29,11 @@ from ...evaluate.simulate import disagreements, oracle, simulate_forced, simulat
 from ...models.registry import create_model, spec_from_dict
 from ...paths import ModulePool
 from ...runtime.manager import BackboneManager
+from ...inputs import as_bias, biased_choice
 from ...runtime.upfront import UpfrontRuntime
 from ...trace import Trace
 from ..base import Method, _num, register_method
 from .complexity import ComplexityAnalyser, ComplexityConfig
-from ...inputs import as_bias, biased_choice
 from .features import make_features
 from .policy import PolicyConfig, PolicyNet
 from .selector import BackboneSelector, SelectorConfig, time_per_image
