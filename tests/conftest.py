@@ -45,6 +45,21 @@ def digits_staged():
     return prepare("digits", "tiny", kind="staged", progress=False, log=lambda s: None)
 
 
+@pytest.fixture(scope="session")
+def digits_supernet():
+    """The `tiny` preset's slimmable supernet on digits (adapta-resnet-tiny: teacher, cascades, δ, gates), its
+    uniform widths traced on calib and test (about 40 s, one thread)."""
+    from dyninfer.harness import prepare
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    try:
+        return prepare("digits", "tiny", kind="supernet", progress=False, log=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models on a shared 2-core CPU: one torch thread avoids oversubscription."""

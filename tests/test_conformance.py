@@ -20,22 +20,21 @@ from dyninfer.methods import METHODS, create_method, load_method
 # Settings that keep each method fast on digits (and certifiable on its 300 calibration images: with so few,
 # no loss below a few points can be certified); every other setting keeps its default.
 FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance": 0.05},
-        "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}}
+        "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def prepared(digits_prepared, digits_staged):
-    return {"pool": digits_prepared, "staged": digits_staged}
+# the prepared path set of each kind (conftest fixtures, made only when a method of that kind is tested)
+PREPARED = {"pool": "digits_prepared", "staged": "digits_staged", "supernet": "digits_supernet"}
 
 
 @pytest.fixture(scope="module", params=METHODS.names())
-def case(request, prepared):
+def case(request):
     name = request.param
     params = FAST.get(name, {})
     method = create_method(name, **params)
-    prep = prepared[method.path_kind]
+    prep = request.getfixturevalue(PREPARED[method.path_kind])
     before = copy.deepcopy(vars(method))
     fitted = method.fit(prep.calib, **method.fit_options(prep.paths))
     return name, params, method, before, fitted, prep

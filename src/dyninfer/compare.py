@@ -37,7 +37,7 @@ class CompareConfig(RunSettings):
     """Settings of ``dyninfer compare`` (the shared ones: :class:`~dyninfer.pipeline.RunSettings`).
 
     Attributes:
-        methods: methods to compare (None: every registered one).
+        methods: methods to compare (None: every registered one that is not experimental).
         params: method name -> its settings.
         tolerance: the accuracy every method may lose against its reference path (0.005 = half a point), so that
             the operating points are chosen alike; a method's own ``tolerance`` in ``params`` wins.
@@ -69,7 +69,7 @@ def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] =
             command: str | None = None) -> Path:
     """Run every method through the shared pipeline on one dataset and write the comparison report."""
     t0 = time.perf_counter()
-    names = list(cfg.methods or METHODS.names())
+    names = list(cfg.methods or [n for n in METHODS.names() if not METHODS.get(n).experimental])
     if not names:
         raise ConfigError("no methods to compare")
     preset = get_preset(cfg.preset)

@@ -17,11 +17,13 @@ from typing import Callable
 from .data.datasets import Dataset, load_dataset
 from .errors import ConfigError, TraceError
 from .io import cache_dir, digest
-from .paths import KINDS, ModulePool, PathSet, StagedNetwork
+from .models.adapta import config_name
+from .paths import KINDS, ModulePool, PathSet, StagedNetwork, SupernetPaths
 from .presets import Preset, get_preset
 from .trace import Trace
 from .train.checkpoint import cached_model
 from .train.exits import fit_early_exit
+from .train.slimmable import fit_slimmable
 
 
 @dataclass
@@ -64,7 +66,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
     Args:
         dataset: registry name of the dataset.
         preset: preset name or object.
-        kind: ``pool`` (the preset's models) or ``staged`` (its early-exit network).
+        kind: ``pool`` (the preset's models), ``staged`` (its early-exit network) or ``supernet`` (its slimmable
+            supernet, with its uniform widths as paths, slimmest first).
         seed: seed of splits and training.
         data_root: dataset folder override.
         data: an already loaded dataset (skips loading; must come from the same preset and seed).
@@ -72,9 +75,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         device: where models train and run.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
-    if kind not in ("pool", "staged"):
-        raise ConfigError(f"the harness prepares path sets of kind 'pool' or 'staged', got {kind!r} "
-                          f"(known kinds: {list(KINDS)})")
+    if kind not in KINDS:
+        raise ConfigError(f"the harness prepares path sets of kind {' or '.join(map(repr, KINDS))}, got {kind!r}")
     data = data if data is not None else load_data(dataset, p, seed=seed, data_root=data_root, log=log)
     metas: dict[str, dict] = {}
     if kind == "pool":
@@ -88,12 +90,19 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
                                                       progress=progress, log=log)
         paths: PathSet = ModulePool(trained, input_shape=data.spec.input_shape,
                                     files={n: metas[n]["checkpoint"] for n in names})
+    elif kind == "supernet":
+        supernet, meta = fit_slimmable(p.supernet_model, data, p.supernet_training, seed=seed, device=device,
+                                       progress=progress, log=log)
+        metas[p.supernet_model] = meta
+        paths = SupernetPaths(supernet, {config_name(c): c for c in reversed(supernet.configs(delta=False))})
     else:
         net, meta = fit_early_exit(p.exit_model, data, p.exit_recipe, training=p.exit_training, seed=seed,
                                    device=device, progress=progress, log=log)
         metas[p.exit_model] = meta
         paths = StagedNetwork(net)
-    weights = [digest(m.state_dict()) for m in ([paths.net] if isinstance(paths, StagedNetwork) else paths.models.values())]
+    whole = [paths.net] if isinstance(paths, StagedNetwork) else [paths.supernet] if isinstance(paths, SupernetPaths) \
+        else list(paths.models.values())
+    weights = [digest(m.state_dict()) for m in whole]
     key = hashlib.sha1(json.dumps([kind, paths.names, weights, data.fingerprint]).encode()).hexdigest()[:16]
     folder = cache_dir() / "traces" / data.spec.name / key
     try:

@@ -100,11 +100,15 @@ class PathSet:
         """Run every path over ``split`` once and keep logits, labels and costs (counted if not given)."""
         if len(split) == 0:
             raise TraceError("cannot record a trace on an empty split")
-        logits = self.logits(split.x, batch_size=batch_size, progress=progress).astype(np.float32)
+        logits, aux = self._outputs(split.x, batch_size=batch_size, progress=progress)
         meta = {**(meta or {}), "kind": self.kind}
         meta.setdefault("versions", versions())
-        return Trace(list(self.names), logits, split.y.numpy().astype(np.int64),
-                     list(costs) if costs is not None else self.count(), meta, x=split.x)
+        return Trace(list(self.names), logits.astype(np.float32), split.y.numpy().astype(np.int64),
+                     list(costs) if costs is not None else self.count(), meta, x=split.x, aux=aux)
+
+    def _outputs(self, x: torch.Tensor, *, batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(P, N, K) logits and the aux arrays a trace keeps (default: none)."""
+        return self.logits(x, batch_size=batch_size, progress=progress), {}
 
     # ------------------------------------------------------------------ storage beside a policy
     def save(self, folder: str | os.PathLike) -> Path:
@@ -340,6 +344,9 @@ class _Segments(nn.Module):
 class SupernetPaths(ModulePool):
     """Named subnetworks of a once-for-all style supernet as a pool of static modules.
 
+    When every static subnet also answers ``forward_scored(x) -> (logits (N, K), scores (N, G))`` (the Var
+    Gates of a slimmable network), a recorded trace keeps those scores as its ``gate`` aux array (P, N, G).
+
     Args:
         supernet: implements :class:`Supernet` and maps images to logits.
         configs: path name -> subnet configuration, cheapest first (the last is the reference).
@@ -359,6 +366,19 @@ class SupernetPaths(ModulePool):
             models[name] = supernet.get_active_subnet().eval()
         shape = getattr(supernet, "input_shape", None)
         super().__init__(models, input_shape=shape)
+
+    def _outputs(self, x: torch.Tensor, *, batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not all(hasattr(m, "forward_scored") for m in self.models.values()):
+            return super()._outputs(x, batch_size=batch_size, progress=progress)
+        logits, gates = [], []
+        with torch.inference_mode():
+            for m in self.models.values():
+                m.eval()
+                dev = model_device(m)
+                parts = [m.forward_scored(x[i:i + batch_size].to(dev)) for i in range(0, x.shape[0], batch_size)]
+                logits.append(torch.cat([lo.float().cpu() for lo, _ in parts]).numpy())
+                gates.append(torch.cat([g.float().cpu() for _, g in parts]).numpy())
+        return np.stack(logits), {"gate": np.stack(gates).astype(np.float32)}
 
     def _save_into(self, folder: Path) -> dict:
         if getattr(self.supernet, "dyninfer_arch", None) is None:

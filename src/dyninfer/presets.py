@@ -17,6 +17,7 @@ from .check import choice, number
 from .errors import ConfigError
 from .registry import Registry
 from .train.recipe import Recipe
+from .train.slimmable import SlimmableTraining
 
 PRESETS: Registry["Preset"] = Registry("preset")
 
@@ -31,6 +32,8 @@ class Preset:
         exit_model: the early-exit network (a registered ``EarlyExitNetwork`` backbone).
         exit_recipe: its training recipe.
         exit_training: ``joint`` (backbone and heads together) or ``two-stage`` (backbone, then heads only).
+        supernet_model: the slimmable supernet (a registered Adapta-ResNet).
+        supernet_training: how it is trained (teacher, cascades, gates).
         train_limit: training samples kept (None: the whole training split).
         calib_size: calibration samples cut from the official training part.
         test_limit: test samples kept (None: all).
@@ -47,6 +50,8 @@ class Preset:
     exit_model: str = "revcol-s"
     exit_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=5))
     exit_training: str = "two-stage"
+    supernet_model: str = "adapta-resnet-s"
+    supernet_training: SlimmableTraining = field(default_factory=SlimmableTraining)
     train_limit: int | None = None
     calib_size: int = 10000
     test_limit: int | None = None
@@ -90,6 +95,10 @@ PRESETS.register("tiny", Preset(
     name="tiny",
     models={"cnn-s": Recipe(epochs=15, hflip=False, shift=1), "cnn-m": Recipe(epochs=15, hflip=False, shift=1)},
     exit_model="revcol-tiny", exit_recipe=Recipe(epochs=20, hflip=False, shift=1), exit_training="joint",
+    supernet_model="adapta-resnet-tiny",
+    supernet_training=SlimmableTraining(teacher=Recipe(epochs=15, batch_size=64, hflip=False, shift=1),
+                                        stage_epochs=(2, 2, 2, 2), lock_epochs=2, lock_lr=1e-3, gate_lr=1e-3,
+                                        eval_images=300),
     train_limit=None, calib_size=300, cost_rounds=1, latency_repeats=3, latency_min_s=0.0, runtime_rounds=1,
     timing_samples=256, batch1_samples=10,
 ))

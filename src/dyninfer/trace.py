@@ -35,6 +35,8 @@ class Trace:
         costs: one :class:`PathCost` per path.
         meta: dataset, split, seed, path-set kind, versions.
         x: the split's images (N, C, H, W), in memory only (None: not attached; see :meth:`with_inputs`).
+        aux: named per-path, per-sample arrays (P, N, ...) a path emits besides its logits (e.g. the Var Gate
+            confidences of a slimmable subnet, ``gate`` (P, N, G)); stored with the logits.
     """
 
     paths: list[str]
@@ -43,6 +45,7 @@ class Trace:
     costs: list[PathCost]
     meta: dict = field(default_factory=dict)
     x: torch.Tensor | None = field(default=None, repr=False)
+    aux: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.logits.ndim != 3 or self.logits.shape[0] != len(self.paths):
@@ -53,6 +56,9 @@ class Trace:
             raise TraceError(f"{len(self.costs)} costs for {len(self.paths)} paths")
         if self.x is not None and self.x.shape[0] != self.n:
             raise TraceError(f"{self.x.shape[0]} images for a trace of {self.n} samples")
+        for k, v in self.aux.items():
+            if v.shape[:2] != self.logits.shape[:2]:
+                raise TraceError(f"aux array {k!r} of shape {v.shape} does not fit logits {self.logits.shape} (P, N, ...)")
 
     @property
     def n(self) -> int:
@@ -86,23 +92,24 @@ class Trace:
     def select(self, paths: list[str]) -> "Trace":
         """A trace over a subset of paths, in the given order."""
         idx = [self.index(p) for p in paths]
-        return Trace(list(paths), self.logits[idx], self.labels, [self.costs[i] for i in idx], dict(self.meta), self.x)
+        return Trace(list(paths), self.logits[idx], self.labels, [self.costs[i] for i in idx], dict(self.meta), self.x,
+                     {k: v[idx] for k, v in self.aux.items()})
 
     def with_costs(self, costs: list[PathCost]) -> "Trace":
         """The same trace with other costs (e.g. measured in this run); this one is left as it is."""
         if [c.name for c in costs] != self.paths:
             raise TraceError(f"costs for {[c.name for c in costs]} do not fit the trace's paths {self.paths}")
-        return Trace(list(self.paths), self.logits, self.labels, list(costs), dict(self.meta), self.x)
+        return Trace(list(self.paths), self.logits, self.labels, list(costs), dict(self.meta), self.x, dict(self.aux))
 
     def with_inputs(self, x: torch.Tensor) -> "Trace":
         """The same trace carrying its split's images (N, C, H, W), for policies that read them."""
-        return Trace(list(self.paths), self.logits, self.labels, list(self.costs), dict(self.meta), x)
+        return Trace(list(self.paths), self.logits, self.labels, list(self.costs), dict(self.meta), x, dict(self.aux))
 
     def subset(self, idx) -> "Trace":
         """The trace on samples ``idx`` only."""
         idx = np.asarray(idx)
         return Trace(list(self.paths), self.logits[:, idx], self.labels[idx], list(self.costs), dict(self.meta),
-                     None if self.x is None else self.x[torch.as_tensor(idx)])
+                     None if self.x is None else self.x[torch.as_tensor(idx)], {k: v[:, idx] for k, v in self.aux.items()})
 
     def inputs(self) -> torch.Tensor:
         """The images, or a TraceError saying how to attach them."""
@@ -114,7 +121,8 @@ class Trace:
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            np.savez(tmp / "logits.npz", logits=self.logits, labels=self.labels)
+            np.savez(tmp / "logits.npz", logits=self.logits, labels=self.labels,
+                     **{f"aux_{k}": v for k, v in self.aux.items()})
             (tmp / "trace.json").write_text(json.dumps(
                 {"format": FORMAT, "paths": self.paths, "costs": [c.to_dict() for c in self.costs],
                  "meta": self.meta, "sha256": self._digest()}, indent=2, default=str))
@@ -127,6 +135,7 @@ class Trace:
             info = json.loads((folder / "trace.json").read_text())
             with np.load(folder / "logits.npz") as z:
                 logits, labels = z["logits"], z["labels"]
+                aux = {k[4:]: z[k] for k in z.files if k.startswith("aux_")}
         except FileNotFoundError as e:
             raise TraceError(f"no trace at {folder} ({e.filename} missing); record it again") from e
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
@@ -134,7 +143,8 @@ class Trace:
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise TraceError(f"{folder} is not a {FORMAT} trace; record it again")
         try:
-            tr = cls(info["paths"], logits, labels, [PathCost.from_dict(c) for c in info["costs"]], info["meta"])
+            tr = cls(info["paths"], logits, labels, [PathCost.from_dict(c) for c in info["costs"]], info["meta"],
+                     aux=aux)
         except (KeyError, TypeError, ValueError) as e:
             raise TraceError(f"trace at {folder} is corrupt ({type(e).__name__}: {e}); record it again") from e
         if info.get("sha256") != tr._digest():
@@ -143,6 +153,9 @@ class Trace:
         return tr
 
     def _digest(self) -> str:
-        """SHA-256 of the paths, their costs, the logits and the labels."""
-        return digest([self.paths, [c.to_dict() for c in self.costs], self.logits, self.labels])
+        """SHA-256 of the paths, their costs, the logits, the labels and the aux arrays (when there are any)."""
+        parts = [self.paths, [c.to_dict() for c in self.costs], self.logits, self.labels]
+        if self.aux:
+            parts.append({k: self.aux[k] for k in sorted(self.aux)})
+        return digest(parts)
 

@@ -28,14 +28,16 @@ from .outcome import Outcome
 
 
 def stage_scores(trace: Trace, score: Score | Sequence[Score]) -> np.ndarray:
-    """(P-1, N) score of every stage but the last, computed with the runtime's own function."""
+    """(P-1, N) score of every stage but the last, computed with the runtime's own function (a score that a
+    path emits itself, such as a Var Gate's, has ``from_trace(trace, p)`` and is read from the trace's aux)."""
     P = len(trace.paths)
     scores = [score] * (P - 1) if isinstance(score, Score) else list(score)
     if len(scores) < P - 1:
         raise ConfigError(f"need {P - 1} per-stage scores for {P} stages, got {len(scores)}")
     if P == 1:
         return np.zeros((0, trace.n), np.float32)
-    return np.stack([scores[p](trace.logits_of(p)).numpy() for p in range(P - 1)])
+    return np.stack([scores[p].from_trace(trace, p) if hasattr(scores[p], "from_trace")
+                     else scores[p](trace.logits_of(p)).numpy() for p in range(P - 1)])
 
 
 def exits_for(scores: np.ndarray, thresholds) -> np.ndarray:

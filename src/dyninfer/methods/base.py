@@ -48,10 +48,13 @@ class Method:
         name: registry name (set by :func:`register_method`).
         path_kind: the path set it runs on: ``pool``, ``staged`` or ``supernet``.
         knob_direction: +1 if a larger knob costs more (thresholds), -1 if it costs less (a cost bias).
+        experimental: True while a family lacks its report or presets; ``dyninfer compare`` then runs it only
+            when named (``--methods``).
     """
 
     name: ClassVar[str] = ""
     path_kind: ClassVar[str] = "pool"
+    experimental: ClassVar[bool] = False
     knob_direction: ClassVar[int] = 1
 
     # ------------------------------------------------------------------ settings

@@ -45,7 +45,8 @@ class Stage:
     """One stage of a sequential runtime.
 
     Attributes:
-        head: advanced carry -> logits (n, K).
+        head: advanced carry -> logits (n, K), or (logits (n, K), score (n,)) for a path that scores its own
+            answer (a slimmable subnet's Var Gate): that score then replaces the runtime's score function.
         advance: carry -> the carry the head and the next stage read (default: unchanged).
     """
 
@@ -125,8 +126,8 @@ class SequentialRuntime(Runtime):
             last = p == P - 1
             carry = stage.advance(carry)
             path_counts[p] = alive.numel()
-            logits = stage.head(carry).float().cpu()  # (n_alive, K)
-            keep = None if last else self.scores[p](logits) >= thresholds[p]
+            logits, own = _logits_and_score(stage.head(carry))  # (n_alive, K), (n_alive,) or None
+            keep = None if last else (self.scores[p](logits) if own is None else own) >= thresholds[p]
             n_keep = alive.numel() if keep is None else int(keep.sum())
             if n_keep:  # nobody leaving (common at batch 1): no scatter, no copy of the carry
                 kept = logits if keep is None else logits[keep]
@@ -156,13 +157,20 @@ class SequentialRuntime(Runtime):
             carry = self.stages[q].advance(carry)
             path_seconds[q] = time.perf_counter() - ts
         ts = time.perf_counter()
-        logits = self.stages[p].head(self.stages[p].advance(carry)).float().cpu()  # (n, K)
+        logits, _ = _logits_and_score(self.stages[p].head(self.stages[p].advance(carry)))  # (n, K)
         pred, prob = logits.argmax(-1), logits.softmax(-1).amax(-1)
         path_seconds[p] = time.perf_counter() - ts
         counts[p] = n
         flops = np.full(n, forced_flops(self.stage_flops, self.skip_flops, p))
         return RuntimeResult(pred, torch.full((n,), p, dtype=torch.long), prob, flops, time.perf_counter() - t0,
                              path_seconds, counts)
+
+
+def _logits_and_score(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A head's output as (logits on the CPU, its own score on the CPU or None)."""
+    if isinstance(out, tuple):
+        return out[0].float().cpu(), out[1].float().cpu()
+    return out.float().cpu(), None
 
 
 def _index(carry: Carry, idx: torch.Tensor) -> Carry:

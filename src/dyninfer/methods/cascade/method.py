@@ -65,6 +65,7 @@ class Cascade(Method):
 
     path_kind = "pool"
     knob_direction = 1
+    routers: tuple[str, ...] = ROUTERS  # the names ``scores`` may hold (a subclass adds its own)
 
     def __init__(self, *, stages: Sequence[str] | None = None,
                  scores: Sequence[str] = ("energy", "max_softmax", "margin", "entropy"),
@@ -83,8 +84,8 @@ class Cascade(Method):
         if stages is not None and (not isinstance(stages, (list, tuple)) or len(stages) < 2
                                    or len(set(stages)) != len(stages)):
             raise ConfigError(f"stages must be 2 or more distinct path names, got {stages!r}")
-        if not isinstance(scores, (list, tuple)) or not scores or any(s not in ROUTERS for s in scores):
-            raise ConfigError(f"scores must be a non-empty list of routers from {list(ROUTERS)}, got {scores!r}")
+        if not isinstance(scores, (list, tuple)) or not scores or any(s not in self.routers for s in scores):
+            raise ConfigError(f"scores must be a non-empty list of routers from {list(self.routers)}, got {scores!r}")
         if "energy+T" in scores and (not isinstance(temperatures, (list, tuple)) or not temperatures or any(
                 isinstance(t, bool) or not (isinstance(t, (int, float)) and t > 0) for t in temperatures)):
             raise ConfigError(f"temperatures must be a non-empty list of positive numbers, got {temperatures!r}")

@@ -1,0 +1,232 @@
+"""Elastic layers, the Adapta-ResNet supernet, its training pieces and the slimmable method's own parts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dyninfer import CheckpointError, ConfigError
+from dyninfer.models import create_model
+from dyninfer.models.adapta import AdaptaResNet, config_name
+from dyninfer.models.elastic import WIDTHS, ElasticConv2d, ElasticLinear, ElasticNorm, recalibrate_bn
+from dyninfer.train import save_checkpoint
+from dyninfer.train.slimmable import (SlimmableTraining, gate_loss, load_into, run_phase, sandwich, stage_step,
+                                      teacher_targets)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def spec(digits):
+    return digits.spec
+
+
+def _trained_a_little(net: AdaptaResNet, x: torch.Tensor) -> AdaptaResNet:
+    """Move batch-norm statistics off their initial values (so static copies have something to copy)."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(4):
+            net.sample_active_subnet()
+            net(x)
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------- elastic layers
+
+def test_elastic_layers_equal_their_static_copies():
+    torch.manual_seed(0)
+    conv, lin = ElasticConv2d(8, 12, 3, padding=1, bias=True), ElasticLinear(12, 6)
+    x = torch.randn(4, 6, 5, 5)
+    conv.set_active(9)
+    lin.set_active(4)
+    with torch.no_grad():
+        h = conv(x)
+        assert h.shape == (4, 9, 5, 5) and torch.equal(conv.static(6)(x), h)
+        f = h.mean((2, 3))
+        assert lin(f).shape == (4, 4) and torch.equal(lin.static(9)(f), lin(f))
+    with pytest.raises(ConfigError, match="12 output channels"):
+        conv.set_active(13)
+
+
+@pytest.mark.parametrize("kind", ["bn", "gn", "ln"])
+def test_elastic_norm_works_at_every_width(kind):
+    norm = ElasticNorm(16, kind)
+    assert norm.options == (4, 8, 12, 16)
+    norm.train()
+    for c in norm.options:
+        norm(torch.randn(8, c, 3, 3))
+    norm.eval()
+    for c in norm.options:
+        x = torch.randn(2, c, 3, 3)
+        with torch.no_grad():
+            assert torch.equal(norm.static(c)(x), norm(x))
+    if kind == "gn":
+        assert all(c % norm.groups == 0 and c // norm.groups >= 2 for c in norm.options)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_static_subnets_compute_exactly_what_the_supernet_computes(spec, digits, norm):
+    net = _trained_a_little(create_model("adapta-resnet-tiny", spec, norm=norm), digits.train.x[:64])
+    x = digits.test.x[:16]
+    cfgs = net.configs(delta=None) + [{"rho": [0.25, 1.0, 0.5, 0.75], "delta": [True, False, True, False]}]
+    for cfg in cfgs:
+        net.set_active_subnet(cfg)
+        sub = net.get_active_subnet().eval()
+        assert type(sub).__module__.startswith("dyninfer") and not any(
+            isinstance(m, (ElasticConv2d, ElasticNorm)) for m in sub.modules())
+        with torch.no_grad():
+            assert torch.equal(sub(x), net(x)), cfg
+            (a, ga), (b, gb) = sub.forward_scored(x), net.forward_scored(x)
+            assert torch.equal(a, b) and torch.equal(ga, gb) and ga.shape == (16, 3)
+    cfg = net.sample_active_subnet()
+    assert net.active == net.check_config(cfg)
+
+
+def test_bn_recalibration_changes_the_statistics(spec, digits):
+    net = _trained_a_little(create_model("adapta-resnet-tiny", spec, norm="bn"), digits.train.x[:64])
+    bn = net.stages[1][0].n1.bns["2"]  # stage 2's bottleneck width at x0.25
+    before = bn.running_mean.clone()
+    n = recalibrate_bn(net, digits.train.x[:128], net.configs(), batch_size=64)
+    assert n > 0 and not torch.equal(before, bn.running_mean)
+    assert int(bn.num_batches_tracked) == 2  # one x0.25 configuration, two batches, exact average
+    assert recalibrate_bn(create_model("adapta-resnet-tiny", spec, norm="gn"), digits.train.x[:8], net.configs()) == 0
+
+
+# ---------------------------------------------------------------------------------------- configurations
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"rho": [1.0, 0.3, 1.0, 1.0]}, r"width 0.3 at stage 2 is not one of"),
+    ({"rho": [1.0, 1.0, 1.0]}, "one value per stage"),
+    ({"rho": [1.0] * 4, "delta": [False, False, False, True]}, "not slot-compatible"),
+    ({"rho": [1.0] * 4, "depth": [1, 1, 1, 1]}, "keys 'rho' and 'delta'"),
+    ({"rho": [1.0] * 4, "delta": [0, 0, 0, 0]}, "True or False"),
+    ([1.0, 1.0, 1.0, 1.0], "mapping"),
+])
+def test_bad_configurations_raise_the_library_error(spec, cfg, message):
+    net = create_model("adapta-resnet-tiny", spec)  # depths (2, 2, 2, 1): stage 4 is its anchor alone
+    with pytest.raises(ConfigError, match=message):
+        net.set_active_subnet(cfg)
+
+
+def test_config_names_and_depth_slimming_costs(spec):
+    from dyninfer.runtime.cost import count_flops
+
+    net = create_model("adapta-resnet-tiny", spec)
+    names = [config_name(c) for c in net.configs(delta=None)]
+    assert names[:4] == ["x1", "x0.75", "x0.5", "x0.25"] and names[4] == "x1-d"
+    flops = {}
+    for cfg in net.configs(delta=None):
+        net.set_active_subnet(cfg)
+        flops[config_name(cfg)] = count_flops(net.get_active_subnet(), spec.input_shape)
+    assert flops["x0.25"] < flops["x0.5"] < flops["x0.75"] < flops["x1"]
+    assert flops["x1-d"] < flops["x1"] and flops["x0.25-d"] < flops["x0.25"]
+
+
+def test_a_checkpoint_of_another_shape_is_refused_naming_both(spec, tmp_path):
+    small = create_model("adapta-resnet-tiny", spec)
+    other = create_model("adapta-resnet-tiny", spec, norm="bn")
+    save_checkpoint(other, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"'norm': 'bn'.*this supernet has shape.*'norm': 'gn'"):
+        load_into(small, tmp_path / "other.pt")
+    save_checkpoint(small, tmp_path / "same.pt", {"phase": "x"})
+    assert load_into(create_model("adapta-resnet-tiny", spec), tmp_path / "same.pt") == {"phase": "x"}
+
+
+# ---------------------------------------------------------------------------------------- training pieces
+
+def test_the_sandwich_rule_runs_at_least_two_to_the_d_plus_one_subnets():
+    rng = np.random.default_rng(0)
+    both = sandwich({"rho": WIDTHS, "delta": (False, True)}, rng, random_subnets=1)
+    assert len(both) >= 2 ** 2 + 1
+    assert both[0] == {"rho": 1.0, "delta": False}  # the largest first
+    corners = {(c["rho"], c["delta"]) for c in both[:4]}
+    assert corners == {(1.0, False), (1.0, True), (0.25, False), (0.25, True)}
+    assert len(sandwich({"rho": WIDTHS}, rng, random_subnets=2)) == 2 + 2
+
+
+def test_a_cascade_stage_step_runs_the_sandwich_and_lowers_the_anchor_loss(spec, digits):
+    torch.manual_seed(0)
+    teacher = _trained_a_little(create_model("adapta-resnet-tiny", spec), digits.train.x[:64])
+    student = create_model("adapta-resnet-tiny", spec)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = digits.train.x[:64]
+    rng = np.random.default_rng(0)
+    params = list(student.stages[1].parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    losses = []
+    for _ in range(25):
+        student.eval()
+        student.stages[1].train()
+        loss, n = stage_step(student, teacher, 1, x, np.random.default_rng(0), v=0.5, random_subnets=1,
+                             delta_phase=False)
+        assert n == 3  # largest, smallest, one random (one dimension: rho)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    _, n = stage_step(student, teacher, 1, x, rng, v=0.5, random_subnets=1, delta_phase=True)
+    assert n == 1 + 3  # the largest (target only), the two δ corners, one random
+    assert len(teacher_targets(teacher, x)) == 5  # four anchors and the logits
+
+
+def test_gate_loss_variance_follows_the_error_only_with_kl_of_g_to_p():
+    largest = torch.zeros(2, 3)
+    det = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    best = {}
+    for kl in ("gp", "pg"):
+        logvar = torch.zeros(2, 3, requires_grad=True)
+        opt = torch.optim.Adam([logvar], lr=0.1)
+        for _ in range(400):
+            opt.zero_grad()
+            gate_loss(det, logvar, largest, lam=1e-2, kl=kl).backward()
+            opt.step()
+        best[kl] = logvar.detach()
+    assert best["gp"][1].mean() > best["gp"][0].mean() + 2  # wrong detection: larger variance
+    assert torch.allclose(best["pg"][0], best["pg"][1], atol=0.05)  # KL(P||G): the variance ignores the error
+
+
+def test_a_gate_phase_trains_only_its_gate(spec, digits):
+    torch.manual_seed(0)
+    teacher = create_model("adapta-resnet-tiny", spec).eval()
+    student = create_model("adapta-resnet-tiny", spec)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    small = dataclasses.replace(digits, train=digits.train.subset(range(128)))
+    run_phase("gate2", student, teacher, small, SlimmableTraining(batch_size=64, gate_lr=1e-3), log=lambda s: None)
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k, v in student.state_dict().items()
+               if not torch.equal(v, before[k])}
+    assert changed == {"gates.1"}
+
+
+def test_training_settings_reject_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown"):
+        SlimmableTraining.from_dict({"stage_epochs": [1, 1, 1, 1], "epochz": 3})
+    with pytest.raises(ConfigError, match="stage_epochs"):
+        SlimmableTraining(stage_epochs=(1, 1))
+    t = SlimmableTraining.from_dict(SlimmableTraining().to_dict())
+    assert t == SlimmableTraining()
+
+
+# ---------------------------------------------------------------------------------------- the method's parts
+
+def test_supernet_traces_carry_gate_confidences_and_a_budget_sets_the_knob(digits_supernet, tmp_path):
+    from dyninfer.methods import create_method
+    from dyninfer.trace import Trace
+
+    prep = digits_supernet
+    assert prep.paths.names == ["x0.25", "x0.5", "x0.75", "x1"]
+    g = prep.calib.aux["gate"]
+    assert g.shape == (4, prep.calib.n, 3) and np.isfinite(g).all()
+    back = Trace.load(prep.calib.save(tmp_path / "t"))
+    assert np.array_equal(back.aux["gate"], g) and np.array_equal(back.select(["x1"]).aux["gate"][0], g[3])
+    m = create_method("slimmable", tolerance=0.05).fit(prep.calib)
+    full = prep.calib.costs[-1].flops
+    for share in (0.5, 0.75, 1.0):
+        knob = m.knob_for(budget_flops=share * full)
+        assert m.simulate(prep.calib, knob).mean_flops <= share * full * (1 + 1e-9)
+    with pytest.raises(ConfigError, match="slimmable"):
+        m.runtime(prep.paths.subset(["x1"]))
