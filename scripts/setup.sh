@@ -28,6 +28,11 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   step "apt: dataset-fashion-mnist" $SUDO env DEBIAN_FRONTEND=noninteractive sh -c \
     "apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist"
 fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  step "apt: chromium and chromium-driver (the web page's browser test)" $SUDO env DEBIAN_FRONTEND=noninteractive \
+    sh -c "apt-get update -qq && apt-get install -y -qq chromium chromium-driver"
+fi
 if [ ! -x .venv/bin/python ]; then
   step "virtual environment .venv ($($PY --version))" "$PY" -m venv .venv
 fi
@@ -35,5 +40,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 step "pip itself" .venv/bin/python -m pip install -q --upgrade pip
 step "torch==2.14.1, torchvision==0.29.1 (a few minutes the first time)" \
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-step "dyninfer, its ONNX export extra and its test dependencies" .venv/bin/python -m pip install -q -e ".[test,onnx]"
+step "dyninfer with its ONNX, serving and Ray extras and its test dependencies" \
+  .venv/bin/python -m pip install -q -e ".[test,onnx,serve,ray]"
 echo "[setup] done: $(.venv/bin/dyninfer list methods | cut -d: -f1 | paste -sd, -) ready"

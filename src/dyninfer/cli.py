@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "dyninfer.commands_core",
     "dyninfer.methods.early_exit.cli",
     "dyninfer.methods.selection.cli",
+    "dyninfer.serve.cli",
 ]
 
 
