@@ -49,7 +49,7 @@ class Server:
     def __init__(self, policy: str, threads: int, extra: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "dyninfer.cli", "serve", policy, "--port", str(self.port), "--threads",
+        cmd = [sys.executable, "-c", "import sys; from dyninfer.cli import main; sys.exit(main())", "serve", policy, "--port", str(self.port), "--threads",
                str(threads), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -84,84 +84,88 @@ def npy(x: np.ndarray) -> bytes:
 
 async def closed_loop(url: str, clients: int, seconds: float, make, max_requests: int) -> dict:
     """``clients`` workers, each sending a request as soon as its last one is answered."""
-    import httpx
+    import aiohttp
 
-    lat, codes, images, sent = [], [], [0], [0]
+    lat, server_lat, codes, images, sent = [], [], [], [0], [0]
     stop = time.monotonic() + seconds
 
-    async def worker(c):
+    async def worker(session):
         while time.monotonic() < stop and sent[0] < max_requests:
             sent[0] += 1
-            kwargs, n, _ = make()
+            body, headers, n, _ = make()
             t0 = time.perf_counter()
             try:
-                r = await c.post("/v1/predict", **kwargs)
-                code = r.status_code
-            except httpx.HTTPError:
-                code = -1
+                async with session.post(url + "/v1/predict", data=body, headers=headers) as r:
+                    code, payload = r.status, await r.read()
+            except aiohttp.ClientError:
+                code, payload = -1, b""
             lat.append(time.perf_counter() - t0)
             codes.append(code)
             if code == 200:
                 images[0] += n
+                server_lat.append(json.loads(payload)["predictions"][0]["latency_ms"] / 1000)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients + 4)) as c:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 4),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
         t0 = time.monotonic()
-        await asyncio.gather(*(worker(c) for _ in range(clients)))
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
         wall = time.monotonic() - t0
-    return summarise(lat, codes, images[0], wall)
+    return summarise(lat, codes, images[0], wall, server_lat)
 
 
 async def open_loop(url: str, rate: float, seconds: float, make, max_requests: int) -> dict:
     """Poisson arrivals at ``rate`` requests/s, whatever the answers; labels checked against the answers."""
-    import httpx
+    import aiohttp
 
     rng = random.Random(0)
-    lat, codes, images, done_at, correct, answered = [], [], [0], [], [0], [0]
+    lat, server_lat, codes, images, done_at, correct, answered = [], [], [], [0], [], [0], [0]
 
-    async def one(c, kwargs, n, labels):
+    async def one(session, body, headers, n, labels):
         t0 = time.perf_counter()
+        retry_after = None
         try:
-            r = await c.post("/v1/predict", **kwargs)
-            code = r.status_code
-        except httpx.HTTPError:
-            code, r = -1, None
+            async with session.post(url + "/v1/predict", data=body, headers=headers) as r:
+                code, payload, retry_after = r.status, await r.read(), r.headers.get("Retry-After")
+        except aiohttp.ClientError:
+            code, payload = -1, b""
         lat.append(time.perf_counter() - t0)
-        codes.append(code)
+        codes.append(code if code != 503 or retry_after else -503)  # a 503 without Retry-After is a failure
         done_at.append(time.monotonic())
         if code == 200:
             images[0] += n
-            pred = [p["class"] for p in r.json()["predictions"]]
-            correct[0] += int(np.sum(np.asarray(pred) == labels))
+            preds = json.loads(payload)["predictions"]
+            server_lat.append(preds[0]["latency_ms"] / 1000)
+            correct[0] += int(np.sum(np.asarray([p["class"] for p in preds]) == labels))
             answered[0] += n
-        elif code == 503 and "retry-after" not in r.headers:
-            codes[-1] = -503  # a 503 without Retry-After counts as failed
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=2000)) as c:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4000),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
         tasks, t0 = [], time.monotonic()
         next_t = t0
         while next_t < t0 + seconds and len(tasks) < max_requests:
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
-            kwargs, n, labels = make()
-            tasks.append(asyncio.create_task(one(c, kwargs, n, labels)))
+            body, headers, n, labels = make()
+            tasks.append(asyncio.create_task(one(session, body, headers, n, labels)))
             next_t += rng.expovariate(rate)
+        sent_for = time.monotonic() - t0
         await asyncio.gather(*tasks)
         wall = time.monotonic() - t0
-    s = summarise(lat, codes, images[0], wall)
-    half = [lt for lt, d in zip(lat, done_at) if d >= t0 + seconds / 2]
-    codes_half = [cd for cd, d in zip(codes, done_at) if d >= t0 + seconds / 2]
-    ok_half = [lt for lt, cd in zip(half, codes_half) if cd == 200]
+    s = summarise(lat, codes, images[0], wall, server_lat)
+    ok_half = [lt for lt, cd, d in zip(lat, codes, done_at) if cd == 200 and d >= t0 + seconds / 2]
     s["p99_ms_second_half"] = float(np.percentile(ok_half, 99) * 1000) if ok_half else None
     s["accuracy_answered"] = correct[0] / answered[0] if answered[0] else None
     s["offered_rate_per_s"] = rate
+    s["achieved_send_rate_per_s"] = len(tasks) / sent_for if sent_for else 0.0
     return s
 
 
-def summarise(lat, codes, images, wall) -> dict:
+def summarise(lat, codes, images, wall, server_lat) -> dict:
     ok = [lt for lt, c in zip(lat, codes) if c == 200]
+    pct = lambda v, q: float(np.percentile(v, q) * 1000) if v else None  # noqa: E731
     return {"requests": len(codes), "ok": len(ok), "rejected_503": sum(c == 503 for c in codes),
             "failed": sum(c not in (200, 503) for c in codes), "images_per_s": images / wall if wall else 0.0,
-            "p50_ms": float(np.percentile(ok, 50) * 1000) if ok else None,
-            "p99_ms": float(np.percentile(ok, 99) * 1000) if ok else None, "seconds": wall}
+            "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "server_p50_ms": pct(server_lat, 50),
+            "server_p99_ms": pct(server_lat, 99), "seconds": wall}
 
 
 def in_process(policy: str, x: np.ndarray, batch: int, rounds: int = 3) -> float:
@@ -188,6 +192,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")
     ap.add_argument("--controller-seconds", type=float, default=24.0)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--controller-loads", type=float, nargs="+", default=[1.1, 1.3],
+                    help="offered loads, as multiples of the capacity at the most accurate point")
     ap.add_argument("--slo-p99-ms", type=float, default=None, help="default: 3x the p50 of one client at that point")
     args = ap.parse_args()
     if not (Path(args.policy) / "policy.json").exists() and not (Path(args.policy) / "policy" / "policy.json").exists():
@@ -206,15 +212,19 @@ def main() -> int:
     rng = np.random.default_rng(0)
     log = lambda s: print(f"[serve-load] {s}", flush=True)  # noqa: E731
 
-    def batch_req(n):
+    def batch_req(n):  # bodies encoded before the clock starts, so the client spends its time sending
+        bodies = [(npy(x[i:i + n]), y[i:i + n]) for i in range(0, min(x.shape[0], 256 * n), n)]
+
         def make():
-            i = rng.integers(0, x.shape[0] - n)
-            return ({"content": npy(x[i:i + n]), "headers": {"content-type": "application/x-npy"}}, n, y[i:i + n])
+            body, labels = bodies[int(rng.integers(0, len(bodies)))]
+            return body, {"content-type": "application/x-npy"}, n, labels
         return make
 
+    one_bodies = [json.dumps({"inputs": x[i:i + 1].tolist()}).encode() for i in range(512)]
+
     def one_json():
-        i = int(rng.integers(0, x.shape[0]))
-        return {"json": {"inputs": x[i:i + 1].tolist()}}, 1, y[i:i + 1]
+        i = int(rng.integers(0, len(one_bodies)))
+        return one_bodies[i], {"content-type": "application/json"}, 1, y[i:i + 1]
 
     common = ["--max-batch", str(args.batch), "--max-queue", "1024", "--max-wait-ms", "5"]
     n_in = 64 * 64
@@ -232,40 +242,50 @@ def main() -> int:
             r = asyncio.run(closed_loop(srv.url, c, args.seconds, one_json, 50_000))
             out["concurrency"][c] = r
             log(f"{c:>2} clients, 1-image JSON: {r['images_per_s']:.0f} img/s, p50 {r['p50_ms']:.1f} ms, "
-                f"p99 {r['p99_ms']:.1f} ms, failed {r['failed']}, 503 {r['rejected_503']}")
+                f"p99 {r['p99_ms']:.1f} ms (server-side p99 {r['server_p99_ms']:.1f} ms), failed {r['failed']}, "
+                f"503 {r['rejected_503']}")
         cap = max(r["images_per_s"] for r in out["concurrency"].values())
         r = asyncio.run(open_loop(srv.url, 3 * cap, args.seconds, one_json, int(3 * cap * args.seconds) + 10))
         out["overload"] = r
-        log(f"overload at 3x capacity ({3 * cap:.0f} req/s offered): {r['ok']} answered, {r['rejected_503']} x 503 "
-            f"with Retry-After, failed {r['failed']}")
+        log(f"overload at 3x capacity ({3 * cap:.0f} req/s offered, {r['achieved_send_rate_per_s']:.0f} sent): "
+            f"{r['ok']} answered, {r['rejected_503']} x 503 with Retry-After, failed {r['failed']}")
 
         # the controller: the most accurate calibrated point, loaded past its capacity
         curve = srv_json(srv.url, "/v1/curve")
-        best = int(np.argmax(np.asarray(curve["accuracy"]) - 1e-9 * np.asarray(curve["cost_flops"])))
+        best = int(np.argmax(curve["accuracy"]))  # the first (cheapest) of the most accurate points
         put(srv.url, {"point": best})
         n_req = 16
         cap_best = asyncio.run(closed_loop(srv.url, 8, args.seconds, batch_req(n_req), 100_000))["images_per_s"]
         idle = asyncio.run(closed_loop(srv.url, 1, args.seconds / 2, batch_req(n_req), 10_000))
         target = args.slo_p99_ms or 3 * idle["p50_ms"]
-        rate = 1.3 * cap_best / n_req
         log(f"controller: point {best} (calibrated accuracy {curve['accuracy'][best]:.4f}, "
-            f"{curve['cost_flops'][best] / 1e6:.1f} MFLOPs), capacity {cap_best:.0f} img/s, p99 target {target:.0f} ms, "
-            f"offered {rate:.1f} req/s of {n_req} images")
-        fixed = asyncio.run(open_loop(srv.url, rate, args.controller_seconds, batch_req(n_req),
+            f"{curve['cost_flops'][best] / 1e6:.1f} MFLOPs), capacity {cap_best:.0f} img/s, p99 target {target:.0f} ms")
+        rates = [m * cap_best / n_req for m in args.controller_loads]
+        fixed = []
+        for rate in rates:
+            r = asyncio.run(open_loop(srv.url, rate, args.controller_seconds, batch_req(n_req),
                                       int(rate * args.controller_seconds) + 10))
-        fixed["knob"] = srv_json(srv.url, "/v1/knob")
+            r["knob"] = srv_json(srv.url, "/v1/knob")
+            fixed.append(r)
     with Server(args.policy, args.threads, common + ["--slo-p99-ms", f"{target:.1f}"]) as srv:
-        put(srv.url, {"point": best})
-        ctl = asyncio.run(open_loop(srv.url, rate, args.controller_seconds, batch_req(n_req),
-                                    int(rate * args.controller_seconds) + 10))
-        ctl["knob"] = srv_json(srv.url, "/v1/knob")
+        controlled = []
+        for rate in rates:
+            put(srv.url, {"point": best})
+            time.sleep(2.5)  # an idle window between loads
+            r = asyncio.run(open_loop(srv.url, rate, args.controller_seconds, batch_req(n_req),
+                                      int(rate * args.controller_seconds) + 10))
+            r["knob"] = srv_json(srv.url, "/v1/knob")
+            controlled.append(r)
     out["controller"] = {"target_p99_ms": target, "point": best, "capacity_images_per_s": cap_best,
-                         "offered_requests_per_s": rate, "images_per_request": n_req, "fixed": fixed,
-                         "controlled": ctl}
-    for name, r in (("fixed knob", fixed), ("controller", ctl)):
-        log(f"{name}: p99 {r['p99_ms']:.0f} ms (second half {r['p99_ms_second_half'] or float('nan'):.0f} ms), "
-            f"503 {r['rejected_503']}, failed {r['failed']}, accuracy of answers {r['accuracy_answered']:.4f}, "
-            f"calibrated accuracy traded {r['knob']['accuracy_traded']:.4f}")
+                         "images_per_request": n_req, "loads": []}
+    for m, rate, f, c in zip(args.controller_loads, rates, fixed, controlled):
+        out["controller"]["loads"].append({"load_x_capacity": m, "offered_requests_per_s": rate, "fixed": f,
+                                           "controlled": c})
+        for name, r in (("fixed knob", f), ("controller", c)):
+            log(f"{m:.1f}x capacity, {name}: p99 {r['p99_ms']:.0f} ms (second half "
+                f"{r['p99_ms_second_half'] or float('nan'):.0f} ms; target {target:.0f}), 503 {r['rejected_503']}, "
+                f"failed {r['failed']}, accuracy of answers {r['accuracy_answered']:.4f}, calibrated accuracy traded "
+                f"{r['knob']['accuracy_traded']:.4f} (point {r['knob']['point']})")
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "results.json.tmp"
