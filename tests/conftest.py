@@ -67,3 +67,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# One small fitting of every released family, shared by the export and serving tests.
+FAMILIES = {
+    "cascade": ("pool", {"scores": ("energy",), "tolerance": 0.02}),
+    "early-exit": ("staged", {"tolerance": 0.02}),
+    "selection": ("pool", {"lambdas": (0.9,), "tolerance": 0.02}),
+}
+
+
+@pytest.fixture(scope="session")
+def saved_policies(digits_prepared, digits_staged, tmp_path_factory):
+    """Every family of FAMILIES fitted on digits and saved: name -> (method, prepared data, policy folder)."""
+    from dyninfer.methods import create_method
+    from dyninfer.policy import save_policy
+
+    prep = {"pool": digits_prepared, "staged": digits_staged}
+    out = {}
+    for name, (kind, params) in FAMILIES.items():
+        p = prep[kind]
+        m = create_method(name, **params)
+        m.fit(p.calib, **m.fit_options(p.paths))
+        folder = tmp_path_factory.mktemp(name) / "policy"
+        save_policy(folder, m, p.paths, class_names=p.data.spec.class_names)
+        out[name] = (m, p, folder)
+    return out

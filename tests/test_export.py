@@ -22,28 +22,18 @@ from dyninfer.methods import create_method  # noqa: E402
 from dyninfer.policy import load_policy, save_policy  # noqa: E402
 from dyninfer.scores import make_score  # noqa: E402
 
+from conftest import FAMILIES  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = {
-    "cascade": ("pool", {"scores": ("energy",), "tolerance": 0.02}),
-    "early-exit": ("staged", {"tolerance": 0.02}),
-    "selection": ("pool", {"lambdas": (0.9,), "tolerance": 0.02}),
-}
-
-
 @pytest.fixture(scope="module")
-def exported(digits_prepared, digits_staged, tmp_path_factory):
-    """Every family fitted on digits, saved, exported once: name -> (method, prep, export folder, policy folder)."""
-    prep = {"pool": digits_prepared, "staged": digits_staged}
+def exported(saved_policies, tmp_path_factory):
+    """Every family's saved policy exported once: name -> (method, prep, export folder, policy folder)."""
     out = {}
-    for name, (kind, params) in FAMILIES.items():
-        p = prep[kind]
-        m = create_method(name, **params)
-        m.fit(p.calib, **m.fit_options(p.paths))
-        root = tmp_path_factory.mktemp(name)
-        save_policy(root / "policy", m, p.paths)
-        export_policy(root / "policy", root / "onnx", sample=p.data.calib.x[:16], log=None)
-        out[name] = (m, p, root / "onnx", root / "policy")
+    for name, (m, p, policy) in saved_policies.items():
+        folder = tmp_path_factory.mktemp(name) / "onnx"
+        export_policy(policy, folder, sample=p.data.calib.x[:16], log=None)
+        out[name] = (m, p, folder, policy)
     return out
 
 

@@ -15,34 +15,19 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from dyninfer.methods import create_method  # noqa: E402
-from dyninfer.policy import load_policy, save_policy  # noqa: E402
+from dyninfer.policy import load_policy  # noqa: E402
 from dyninfer.serve.app import create_app, running  # noqa: E402
 from dyninfer.serve.controller import ControllerConfig, LatencyController  # noqa: E402
 from dyninfer.serve.service import Batcher, Overloaded, PolicyService, ServeConfig  # noqa: E402
 
+from conftest import FAMILIES  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = {
-    "cascade": ("pool", {"scores": ("energy",), "tolerance": 0.02}),
-    "early-exit": ("staged", {"tolerance": 0.02}),
-    "selection": ("pool", {"lambdas": (0.9,), "tolerance": 0.02}),
-}
-
-
 @pytest.fixture(scope="module")
-def policies(digits_prepared, digits_staged, tmp_path_factory):
-    """Every family fitted on digits and saved: name -> (policy folder, prepared data)."""
-    prep = {"pool": digits_prepared, "staged": digits_staged}
-    out = {}
-    for name, (kind, params) in FAMILIES.items():
-        p = prep[kind]
-        m = create_method(name, **params)
-        m.fit(p.calib, **m.fit_options(p.paths))
-        folder = tmp_path_factory.mktemp(name) / "policy"
-        save_policy(folder, m, p.paths, class_names=p.data.spec.class_names)
-        out[name] = (folder, p)
-    return out
+def policies(saved_policies):
+    """name -> (policy folder, prepared data)."""
+    return {name: (folder, p) for name, (_, p, folder) in saved_policies.items()}
 
 
 @pytest.fixture(scope="module")
