@@ -302,3 +302,15 @@ def test_npy_batches_answer_as_json_batches(served):
     np.save(buf, np.array([["a"]]))
     assert client.post("/v1/predict", content=buf.getvalue(),
                        headers={"content-type": "application/x-npy"}).status_code == 422
+
+
+def test_serve_command_refuses_missing_policies_and_bad_settings(policies, tmp_path, capsys):
+    from dyninfer.cli import main
+
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    assert "no saved policy" in capsys.readouterr().err
+    folder, _ = policies["cascade"]
+    assert main(["serve", str(folder), "--max-batch", "0"]) == 2
+    assert "max_batch must be a positive integer" in capsys.readouterr().err
+    assert main(["serve", str(folder), "--slo-p99-ms", "-1"]) == 2
+    assert "target_p99_ms" in capsys.readouterr().err
