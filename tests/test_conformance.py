@@ -20,7 +20,8 @@ from dyninfer.methods import METHODS, create_method, load_method
 # Settings that keep each method fast on digits (and certifiable on its 300 calibration images: with so few,
 # no loss below a few points can be certified); every other setting keeps its default.
 FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance": 0.05},
-        "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05}}
+        "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05},
+        "slimmable-bins": {"tolerance": 0.05}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

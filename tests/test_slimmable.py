@@ -218,11 +218,12 @@ def test_supernet_traces_carry_gate_confidences_and_a_budget_sets_the_knob(digit
     from dyninfer.trace import Trace
 
     prep = digits_supernet
-    assert prep.paths.names == ["x0.25", "x0.5", "x0.75", "x1"]
     g = prep.calib.aux["gate"]
-    assert g.shape == (4, prep.calib.n, 3) and np.isfinite(g).all()
+    P = len(prep.paths.names)
+    assert g.shape == (P, prep.calib.n, 3) and np.isfinite(g).all()
     back = Trace.load(prep.calib.save(tmp_path / "t"))
-    assert np.array_equal(back.aux["gate"], g) and np.array_equal(back.select(["x1"]).aux["gate"][0], g[3])
+    assert np.array_equal(back.aux["gate"], g) and np.array_equal(back.select(["x1"]).aux["gate"][0], g[-1])
+    assert back.meta["gate_flops"] == prep.calib.meta["gate_flops"]
     m = create_method("slimmable", tolerance=0.05).fit(prep.calib)
     full = prep.calib.costs[-1].flops
     for share in (0.5, 0.75, 1.0):
@@ -230,3 +231,110 @@ def test_supernet_traces_carry_gate_confidences_and_a_budget_sets_the_knob(digit
         assert m.simulate(prep.calib, knob).mean_flops <= share * full * (1 + 1e-9)
     with pytest.raises(ConfigError, match="slimmable"):
         m.runtime(prep.paths.subset(["x1"]))
+
+
+def test_the_all_path_set_holds_delta_and_the_four_mixed_configurations_cheapest_first(digits_supernet):
+    prep = digits_supernet
+    names = prep.paths.names
+    assert len(names) == 16 and names[-1] == "x1"
+    for n in ["x0.75", "x0.25-d", "x1-d", "x0.25-1-1-0.25", "x1-0.25-0.25-1", "x0.25-1-0.25-1", "x1-0.25-1-0.25",
+              "x0.25-1-1-0.25-d"]:
+        assert n in names
+    flops = [c.flops for c in prep.calib.costs]
+    assert flops[:-1] == sorted(flops[:-1]) and flops[-1] == max(flops)
+    net = prep.paths.supernet
+    with pytest.raises(ConfigError, match="unknown supernet path set"):
+        net.path_configs("some")
+    assert list(net.path_configs("uniform")) == ["x0.25", "x0.5", "x0.75", "x1"]
+
+
+def test_a_gate_scored_stage_pays_its_gate_and_the_runtime_charges_the_same(digits_supernet):
+    from dyninfer.methods import create_method
+    from dyninfer.runtime.cost import count_flops
+
+    prep = digits_supernet
+    sub = prep.paths.models["x0.25"]
+    costs = sub.gate_costs(prep.paths.input_shape)
+    assert costs == {"gate": prep.calib.meta["gate_flops"]["gate"],
+                     "prefix": prep.calib.meta["gate_flops"]["prefix"]["x0.25"]}
+    assert costs["prefix"][-1] < count_flops(sub, prep.paths.input_shape) and min(costs["gate"]) > 0
+    for gate in (0, -1):
+        m = create_method("slimmable", tolerance=0.05, gate=gate, stages=["x0.25", "x0.5", "x1"]).fit(prep.calib)
+        assert m.flops_ == [prep.calib.cost("x0.25").flops + costs["gate"][gate],
+                            prep.calib.cost("x0.5").flops + costs["gate"][gate], prep.calib.cost("x1").flops]
+        rt = m.runtime(prep.paths)
+        rt.force(None)
+        for knob in [(-np.inf, -np.inf), (np.inf, -np.inf), m.knob_]:
+            rt.knob = knob
+            res, sim = rt.run(prep.test.inputs(), 64), m.simulate(prep.test, knob)
+            assert np.array_equal(res.path.numpy(), sim.path) and res.mean_flops == pytest.approx(sim.mean_flops)
+        rt.knob = (-np.inf, -np.inf)  # everyone stays at x0.25: its subnet and its gate
+        assert rt.run(prep.test.inputs()[:8]).mean_flops == pytest.approx(m.flops_[0])
+    plain = create_method("slimmable", tolerance=0.05, scores=["max_softmax"], stages=["x0.25", "x1"]).fit(prep.calib)
+    assert plain.flops_ == [prep.calib.cost("x0.25").flops, prep.calib.cost("x1").flops]  # no gate runs
+
+
+@pytest.mark.parametrize("scope", ["rho", "delta", "rho+delta"])
+def test_pull_up_and_pull_down_map_bins_to_accuracy_ranks_and_agree_with_the_runtime(digits_supernet, scope):
+    from dyninfer.methods import create_method
+
+    prep = digits_supernet
+    up = create_method("slimmable-bins", rule="pull-up", scope=scope, tolerance=0.05).fit(prep.calib)
+    down = create_method("slimmable-bins", rule="pull-down", scope=scope, tolerance=0.05).fit(prep.calib)
+    K = len(up.candidates_)
+    assert K == {"rho": 4, "delta": 4, "rho+delta": 8}[scope] and len(up.edges_) == 7
+    best, worst = int(np.argmax(up.accuracy_)), int(np.argmin(up.accuracy_))
+    assert up.map_[0] == best and up.map_[-1] == worst  # lowest confidence -> the most accurate
+    assert down.map_[0] == worst and down.map_[-1] == best
+    assert up.decide_flops_ == prep.calib.meta["gate_flops"]["prefix"][up.probe_][0] + \
+        prep.calib.meta["gate_flops"]["gate"][0]
+    conf = prep.test.aux["gate"][prep.test.index(up.probe_), :, 0]
+    sim = up.simulate(prep.test, 0)
+    low = conf < up.edges_[0]
+    assert (sim.path[low] == best).all()
+    assert sim.flops == pytest.approx(np.array(up.flops_)[sim.path] + up.decide_flops_)
+    rt = up.runtime(prep.paths)
+    rt.force(None)
+    for knob in (0.0, 1.0, -2.0, float(K), np.inf):
+        rt.knob = knob
+        res, s = rt.run(prep.test.inputs(), 64), up.simulate(prep.test, knob)
+        assert np.array_equal(res.path.numpy(), s.path) and np.array_equal(res.pred.numpy(), s.pred), knob
+    assert (up.simulate(prep.test, np.inf).path == 0).all()
+    with pytest.raises(ConfigError, match="integer shift"):
+        up.check_knob(0.5)
+
+
+@pytest.mark.parametrize("recipe, sampling, subnets", [("usnet", "sandwich", 4), ("usnet", "random3", 3),
+                                                       ("dsnet", "sandwich", 4), ("dsnet", "random3", 3)])
+def test_baseline_steps_and_epochs_train_the_backbone_only(spec, digits, recipe, sampling, subnets):
+    import copy
+
+    from dyninfer.train.slimmable import baseline_step, phases
+
+    torch.manual_seed(0)
+    net = create_model("adapta-resnet-tiny", spec)
+    x, y = digits.train.x[:32], digits.train.y[:32]
+    ema = copy.deepcopy(net) if recipe == "dsnet" else None
+    loss, n = baseline_step(net, x, y, np.random.default_rng(0), recipe=recipe, sampling=sampling, ema=ema)
+    assert n == subnets and loss.requires_grad and torch.isfinite(loss)
+    t = SlimmableTraining(recipe=recipe, sampling=sampling, baseline_epochs=2, batch_size=32)
+    assert phases(net, t) == [f"{recipe}1", f"{recipe}2"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    small = dataclasses.replace(digits, train=digits.train.subset(range(96)))
+    run_phase(f"{recipe}1", net, None, small, t, log=lambda s: None)
+    changed = {k.split(".")[0] for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"stem", "stages", "head"}  # no δ substitutes, no gates
+    with pytest.raises(ConfigError, match="random3"):
+        SlimmableTraining(sampling="random3")
+
+
+def test_presets_size_the_supernet_and_its_four_baselines():
+    from dyninfer.presets import get_preset
+
+    for name in ("quick", "full"):
+        p = get_preset(name)
+        assert p.supernet_model == "adapta-resnet-s" and p.supernet_paths == "all"
+        assert set(p.supernet_baselines) == {"usnet", "usnet*", "dsnet", "dsnet*"}
+        assert {(t.recipe, t.sampling) for t in p.supernet_baselines.values()} == {
+            (r, s) for r in ("usnet", "dsnet") for s in ("sandwich", "random3")}
+    assert get_preset("quick").supernet_training.train_images == 5000

@@ -17,7 +17,6 @@ from typing import Callable
 from .data.datasets import Dataset, load_dataset
 from .errors import ConfigError, TraceError
 from .io import cache_dir, digest
-from .models.adapta import config_name
 from .paths import KINDS, ModulePool, PathSet, StagedNetwork, SupernetPaths
 from .presets import Preset, get_preset
 from .trace import Trace
@@ -60,19 +59,22 @@ def load_data(dataset: str, preset: Preset, *, seed: int = 0, data_root: str | N
 
 def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, kind: str = "pool", seed: int = 0,
             data_root: str | None = None, data: Dataset | None = None, models: list[str] | None = None,
-            device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> Prepared:
+            device: str = "cpu", supernet_paths: str | None = None, progress: bool = True,
+            log: Callable[[str], None] = print) -> Prepared:
     """Load data, train or reuse the preset's paths of ``kind``, and record (or reuse) their traces.
 
     Args:
         dataset: registry name of the dataset.
         preset: preset name or object.
         kind: ``pool`` (the preset's models), ``staged`` (its early-exit network) or ``supernet`` (its slimmable
-            supernet, with its uniform widths as paths, slimmest first).
+            supernet, with the configurations of ``supernet_paths`` as paths, cheapest first, full width last).
         seed: seed of splits and training.
         data_root: dataset folder override.
         data: an already loaded dataset (skips loading; must come from the same preset and seed).
         models: subset of the preset's pool to use, cheapest first (default: all of it).
         device: where models train and run.
+        supernet_paths: which subnet configurations are paths (``uniform``, ``delta`` or ``all``, see
+            :meth:`~dyninfer.models.adapta.AdaptaResNet.path_configs`; default: the preset's).
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     if kind not in KINDS:
@@ -94,7 +96,7 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         supernet, meta = fit_slimmable(p.supernet_model, data, p.supernet_training, seed=seed, device=device,
                                        progress=progress, log=log)
         metas[p.supernet_model] = meta
-        paths = SupernetPaths(supernet, {config_name(c): c for c in reversed(supernet.configs(delta=False))})
+        paths = SupernetPaths(supernet, supernet.path_configs(supernet_paths or p.supernet_paths))
     else:
         net, meta = fit_early_exit(p.exit_model, data, p.exit_recipe, training=p.exit_training, seed=seed,
                                    device=device, progress=progress, log=log)
@@ -103,7 +105,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
     whole = [paths.net] if isinstance(paths, StagedNetwork) else [paths.supernet] if isinstance(paths, SupernetPaths) \
         else list(paths.models.values())
     weights = [digest(m.state_dict()) for m in whole]
-    key = hashlib.sha1(json.dumps([kind, paths.names, weights, data.fingerprint]).encode()).hexdigest()[:16]
+    parts = [kind, paths.names, weights, data.fingerprint] + (["gate_flops"] if kind == "supernet" else [])
+    key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
     folder = cache_dir() / "traces" / data.spec.name / key
     try:
         traces = {s: Trace.load(folder / s) for s in ("calib", "test")}

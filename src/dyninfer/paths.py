@@ -367,6 +367,22 @@ class SupernetPaths(ModulePool):
         shape = getattr(supernet, "input_shape", None)
         super().__init__(models, input_shape=shape)
 
+    def gate_costs(self) -> dict | None:
+        """Counted FLOPs of the paths' Var Gates, when the static subnets have them: ``gate`` (per gate, on its
+        anchor; the same for every path) and ``prefix`` (path name -> per gate, the stem and stages up to that
+        gate's anchor). None for subnets without gates."""
+        if self.input_shape is None or not all(hasattr(m, "gate_costs") for m in self.models.values()):
+            return None
+        per = {n: m.gate_costs(self.input_shape) for n, m in self.models.items()}
+        return {"gate": next(iter(per.values()))["gate"], "prefix": {n: c["prefix"] for n, c in per.items()}}
+
+    def record(self, split: Split, *, costs: Sequence[PathCost] | None = None, meta: dict | None = None,
+               batch_size: int = 512, progress: bool = False) -> Trace:
+        """As :meth:`PathSet.record`; the trace's meta also holds :meth:`gate_costs` (key ``gate_flops``)."""
+        gates = self.gate_costs()
+        meta = {**(meta or {}), **({"gate_flops": gates} if gates is not None else {})}
+        return super().record(split, costs=costs, meta=meta, batch_size=batch_size, progress=progress)
+
     def _outputs(self, x: torch.Tensor, *, batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not all(hasattr(m, "forward_scored") for m in self.models.values()):
             return super()._outputs(x, batch_size=batch_size, progress=progress)

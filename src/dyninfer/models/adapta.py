@@ -35,6 +35,9 @@ from .elastic import NORMS, WIDTHS, ElasticConv2d, ElasticNorm, scaled, width_op
 from .registry import Normalize, register_backbone
 
 STAGES = 4
+# the paper's four mixed stage-wise width configurations (Table II), as widths per stage
+MIXED = ((0.25, 1.0, 1.0, 0.25), (1.0, 0.25, 0.25, 1.0), (0.25, 1.0, 0.25, 1.0), (1.0, 0.25, 1.0, 0.25))
+PATH_SETS = ("uniform", "delta", "all")  # see AdaptaResNet.path_configs
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -285,6 +288,39 @@ class AdaptaResNet(nn.Module):
         ds = [False, True] if delta is None else [delta]
         return [self.check_config({"rho": [r] * STAGES, "delta": self.delta_mask(d)}) for d in ds for r in WIDTHS]
 
+    def mixed_configs(self, *, delta: bool = False) -> list[dict]:
+        """The paper's four mixed stage-wise width configurations (:data:`MIXED`), with δ (``True``) or without."""
+        return [self.check_config({"rho": list(r), "delta": self.delta_mask(delta)}) for r in MIXED]
+
+    def path_configs(self, which: str = "all") -> dict[str, dict]:
+        """Named configurations as paths, cheapest (counted FLOPs) first, the full-width network last.
+
+        Args:
+            which: ``uniform`` (the uniform widths), ``delta`` (the uniform widths with and without δ) or ``all``
+                (those and the four mixed configurations of :data:`MIXED`, with and without δ).
+
+        Raises:
+            ConfigError: an unknown path set.
+        """
+        from ..runtime.cost import count_flops
+
+        if which not in PATH_SETS:
+            raise ConfigError(f"unknown supernet path set {which!r}; use one of {PATH_SETS}")
+        has_delta = any(self.delta_mask(True))
+        cfgs = self.configs(delta=None if which != "uniform" and has_delta else False)
+        if which == "all":
+            cfgs += self.mixed_configs() + (self.mixed_configs(delta=True) if has_delta else [])
+        named = {config_name(c): c for c in cfgs}
+        old = self.active
+        flops = {}
+        for n, c in named.items():
+            self.set_active_subnet(c)
+            flops[n] = count_flops(self.get_active_subnet(), self.input_shape)
+        self.set_active_subnet(old)
+        ref = config_name(self.largest())
+        order = sorted(named, key=lambda n: (n == ref, flops[n], n))
+        return {n: named[n] for n in order}
+
     # ------------------------------------------------------------------ forward
     def run_stage(self, s: int, h: torch.Tensor) -> torch.Tensor:
         """Stage ``s`` of the active configuration on ``h``; returns its anchor's output (B, widths[s], H', W')."""
@@ -380,6 +416,56 @@ class AdaptaSubnet(nn.Module):
         a = self.anchors(x)
         conf = torch.stack([g.confidence(a[s]) for s, g in enumerate(self.gates)], 1)  # (B, 3)
         return self.head(a[-1].mean((2, 3))), conf
+
+    def forward_gated(self, x: torch.Tensor, gate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), confidence of Var Gate ``gate`` alone (B,)): what a gate-scored cascade stage runs."""
+        gate = range(len(self.gates))[gate]
+        a = self.anchors(x)
+        return self.head(a[-1].mean((2, 3))), self.gates[gate].confidence(a[gate])
+
+    def gate_confidence(self, x: torch.Tensor, gate: int) -> torch.Tensor:
+        """(B,) confidence of Var Gate ``gate``, running only the stem and the stages up to its anchor."""
+        gate = range(len(self.gates))[gate]
+        h = self.stem(self.normalize(x))
+        for stage in list(self.stages)[:gate + 1]:
+            h = stage(h)
+        return self.gates[gate].confidence(h)
+
+    def gate_costs(self, input_shape: Sequence[int]) -> dict[str, list[int]]:
+        """Counted FLOPs per sample of each Var Gate on its anchor (``gate``), and of the stem and stages up to
+        each gate's anchor (``prefix``), for an input of ``input_shape`` (C, H, W)."""
+        from ..runtime.cost import count_flops
+
+        prefix = [count_flops(_Prefix(self, g), tuple(input_shape)) for g in range(len(self.gates))]
+        with torch.no_grad():
+            anchors = self.anchors(torch.zeros(1, *input_shape, device=self.head.weight.device))
+        gates = [count_flops(_Confidence(g), tuple(anchors[i].shape[1:])) for i, g in enumerate(self.gates)]
+        return {"gate": gates, "prefix": prefix}
+
+
+class _Prefix(nn.Module):
+    """The stem and stages of a static subnet up to anchor ``gate`` (for counting)."""
+
+    def __init__(self, sub: AdaptaSubnet, gate: int) -> None:
+        super().__init__()
+        self.sub, self.gate = sub, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.sub.stem(self.sub.normalize(x))
+        for stage in list(self.sub.stages)[:self.gate + 1]:
+            h = stage(h)
+        return h
+
+
+class _Confidence(nn.Module):
+    """A Var Gate's confidence as a module (for counting)."""
+
+    def __init__(self, gate: VarGate) -> None:
+        super().__init__()
+        self.g = gate
+
+    def forward(self, anchor: torch.Tensor) -> torch.Tensor:
+        return self.g.confidence(anchor)
 
 
 def check_same_shape(net: AdaptaResNet, arch: Mapping[str, Any], where: str) -> None:

@@ -19,10 +19,25 @@ finished phase:
    configurations: a detection head distilled (soft cross-entropy) from the largest subnet and a variance
    head trained against a pseudo-Dirac target of variance ``gate_lambda`` centred on its logits (eq. 4);
 6. **bn** (``bn`` norm only) — switchable batch-norm statistics re-estimated over the uniform configurations.
+
+Two baselines train the same supernet type from scratch, one phase per epoch (``usnet1``, ``usnet2``, ...),
+without a teacher, δ substitutes or Var Gates (``recipe``):
+
+* ``usnet`` (US-Net, Yu & Huang 2019) — per step the sandwich rule over uniform widths (the largest with
+  the labels, the smallest and two random widths distilled in place from the largest's softmax), SGD with
+  Nesterov momentum and a cosine schedule, then BN recalibration (``bn`` norm);
+* ``dsnet`` (DS-Net supernet training, Li et al. 2021, its gate left out) — the same sandwich, the smaller
+  subnets distilled from an exponential moving average of the supernet at its largest width (in-place
+  ensemble bootstrapping), then BN recalibration.
+
+``sampling="random3"`` replaces the sandwich by three random stage-wise configurations per step (of the
+4^4 width choices): US-Net's then learn from the labels, DS-Net's from the moving average.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 import time
@@ -67,6 +82,13 @@ class SlimmableTraining:
     gate_kl: str = "gp"             # "pg": |KL(P||G)| as eq. (4) writes it; "gp": KL(G||P) (see VarGate loss)
     bn_images: int = 2048           # training images that re-estimate switchable batch-norm statistics
     eval_images: int = 1000         # calibration images scoring the uniform widths after each phase
+    train_images: int | None = None  # training images of the supernet's phases (None: all; the teacher uses all)
+    recipe: str = "adapta"          # "adapta" (the phases above), or the baselines "usnet" / "dsnet"
+    sampling: str = "sandwich"      # baselines: "sandwich" (4 uniform widths per step) or "random3"
+    baseline_epochs: int = 10       # baselines: epochs (one phase each)
+    baseline_lr: float = 0.05       # baselines: peak SGD learning rate (cosine to 0 over the epochs)
+    baseline_wd: float = 5e-5       # baselines: weight decay
+    ema: float = 0.999              # dsnet: momentum of the moving-average supernet, per step
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, Recipe):
@@ -87,6 +109,16 @@ class SlimmableTraining:
         choice("gate_kl", self.gate_kl, ("pg", "gp"))
         number("bn_images", self.bn_images, lo=1, integer=True)
         number("eval_images", self.eval_images, lo=1, integer=True)
+        number("train_images", self.train_images, lo=2, integer=True, none_ok=True)
+        choice("recipe", self.recipe, RECIPES)
+        choice("sampling", self.sampling, ("sandwich", "random3"))
+        if self.recipe == "adapta" and self.sampling != "sandwich":
+            raise ConfigError("AdaptaNet's cascade always runs its sandwich rule (set random_subnets for more random "
+                              "configurations); sampling='random3' is for the usnet and dsnet baselines")
+        number("baseline_epochs", self.baseline_epochs, lo=1, integer=True)
+        number("baseline_lr", self.baseline_lr, lo=0, lo_open=True)
+        number("baseline_wd", self.baseline_wd, lo=0)
+        number("ema", self.ema, lo=0, hi=1, hi_open=True)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -283,8 +315,89 @@ def _run_phase(name: str, student: AdaptaResNet, data: Split, params: list[nn.Pa
     return loss_ema
 
 
+RECIPES = ("adapta", "usnet", "dsnet")
+
+
+def soft_ce(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, K) against soft targets (B, K) (in-place distillation)."""
+    return -(target_probs * F.log_softmax(logits, 1)).sum(1).mean()
+
+
+def random_config(rng: np.random.Generator) -> dict:
+    """A random stage-wise width configuration without δ (one of 4^4)."""
+    return {"rho": [float(rng.choice(WIDTHS)) for _ in range(STAGES)], "delta": [False] * STAGES}
+
+
+def baseline_step(student: AdaptaResNet, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *,
+                  recipe: str, sampling: str, ema: AdaptaResNet | None = None) -> tuple[torch.Tensor, int]:
+    """The loss of one US-Net or DS-Net step on batch (x, y) (see the module doc). Returns (loss, subnets run)."""
+    target = None
+    if recipe == "dsnet":
+        if ema is None:
+            raise ConfigError("a dsnet step needs the moving-average supernet")
+        with torch.no_grad():
+            ema.set_active_subnet(ema.largest())
+            target = F.softmax(ema(x), 1)  # (B, K)
+    if sampling == "random3":
+        cfgs = [random_config(rng) for _ in range(3)]
+        loss = 0.0
+        for c in cfgs:
+            student.set_active_subnet(c)
+            out = student(x)
+            loss = loss + (F.cross_entropy(out, y) if target is None else soft_ce(out, target))
+        return loss / 3, 3  # type: ignore[return-value]
+    cfgs = [student.largest(), student.smallest()] + [uniform_cfg(float(rng.choice(WIDTHS))) for _ in range(2)]
+    student.set_active_subnet(cfgs[0])
+    big = student(x)  # (B, K)
+    loss = F.cross_entropy(big, y)
+    target = F.softmax(big.detach(), 1) if target is None else target
+    for c in cfgs[1:]:
+        student.set_active_subnet(c)
+        loss = loss + soft_ce(student(x), target)
+    return loss, len(cfgs)
+
+
+def uniform_cfg(rho: float) -> dict:
+    return {"rho": [rho] * STAGES, "delta": [False] * STAGES}
+
+
+def _run_baseline_epoch(name: str, student: AdaptaResNet, data: Split, t: SlimmableTraining, epoch: int,
+                        ema: AdaptaResNet | None, rng: np.random.Generator, *, seed: int, progress: bool,
+                        log: Callable[[str], None]) -> float:
+    params = _freeze(student, [student.stem, student.stages, student.head])
+    opt = torch.optim.SGD(params, lr=t.baseline_lr, momentum=0.9, nesterov=True, weight_decay=t.baseline_wd)
+    steps = (len(data) + t.batch_size - 1) // t.batch_size
+    total = steps * t.baseline_epochs
+    g = torch.Generator().manual_seed(seed)
+    student.train()
+    loss_ema = float("nan")
+    bar = tqdm(_batches(data, t.batch_size, g), total=steps, desc=name, disable=not progress, leave=False,
+               mininterval=1.0)
+    for i, (x, y) in enumerate(bar):
+        k = epoch * steps + i
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * t.baseline_lr * (1 + np.cos(np.pi * k / total))
+        loss, _ = baseline_step(student, x, y, rng, recipe=t.recipe, sampling=t.sampling, ema=ema)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, ps in zip(ema.parameters(), student.parameters()):
+                    pe.mul_(t.ema).add_(ps.detach(), alpha=1 - t.ema)
+                for be, bs in zip(ema.buffers(), student.buffers()):
+                    be.copy_(bs)
+        loss_ema = loss.item() if np.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.4f}", refresh=False)
+    log(f"[slimmable] {name}: loss {loss_ema:.4f}")
+    return loss_ema
+
+
 def phases(student: AdaptaResNet, training: SlimmableTraining) -> list[str]:
     """The names of the phases, in order (δ phases only for stages with a block besides the anchor)."""
+    if training.recipe != "adapta":
+        bn = ["bn"] if student.norm_kind == "bn" else []
+        return [f"{training.recipe}{e + 1}" for e in range(training.baseline_epochs)] + bn
     out = [f"cascade{s + 1}" for s in range(STAGES)] + (["lock"] if training.lock_epochs else [])
     if training.delta and any(d > 1 for d in student.depths):
         out += [f"delta{s + 1}" for s in range(STAGES) if student.depths[s] > 1]
@@ -293,12 +406,16 @@ def phases(student: AdaptaResNet, training: SlimmableTraining) -> list[str]:
     return out + (["bn"] if student.norm_kind == "bn" else [])
 
 
-def run_phase(name: str, student: AdaptaResNet, teacher: AdaptaResNet, data: Dataset, training: SlimmableTraining, *,
+def run_phase(name: str, student: AdaptaResNet, teacher: AdaptaResNet | None, data: Dataset,
+              training: SlimmableTraining, *,
               seed: int = 0, progress: bool = False, log: Callable[[str], None] = print) -> float:
     """Run one phase of :func:`phases` on ``student`` in place; returns its final loss (nan for ``bn``)."""
     t = training
     rng = np.random.default_rng([seed, sum(map(ord, name))])
-    teacher.eval()
+    if teacher is None and t.recipe == "adapta" and name != "bn":
+        raise ConfigError(f"AdaptaNet's phase {name!r} needs the teacher")
+    if teacher is not None:
+        teacher.eval()
     kw = dict(batch_size=t.batch_size, seed=seed, progress=progress, log=log)
     delta_phase = name.startswith("delta")
     if name.startswith("cascade") or name in ("delta1", "delta2", "delta3", "delta4"):
@@ -350,9 +467,20 @@ def run_phase(name: str, student: AdaptaResNet, teacher: AdaptaResNet, data: Dat
             student.eval()
             gate.train()
         return _run_phase(name, student, data.train, params, t.gate_lr, t.gate_epochs, step, set_mode, **kw)
+    if t.recipe != "adapta" and name.startswith(t.recipe):
+        epoch = int(name[len(t.recipe):]) - 1
+        ema = None
+        if t.recipe == "dsnet":
+            ema = getattr(student, "_dyninfer_ema", None)
+            if ema is None:  # the moving average starts from the supernet as it is (after a resume: as loaded)
+                ema = copy.deepcopy(student).eval()
+                for p in ema.parameters():
+                    p.requires_grad_(False)
+                object.__setattr__(student, "_dyninfer_ema", ema)
+        return _run_baseline_epoch(name, student, data.train, t, epoch, ema, rng, seed=seed, progress=progress, log=log)
     if name == "bn":
         x = data.train.x[:t.bn_images]
-        configs = student.configs(delta=None if t.delta else False)
+        configs = student.configs(delta=None if t.delta and t.recipe == "adapta" else False)
         n = recalibrate_bn(student, x, configs, batch_size=256)
         log(f"[slimmable] bn: re-estimated {n} switchable batch norms over {len(configs)} configurations")
         return float("nan")
@@ -396,16 +524,21 @@ def fit_slimmable(model_name: str, data: Dataset, training: SlimmableTraining, *
     from ..models.registry import create_model
 
     model_kwargs = dict(model_kwargs or {})
-    teacher, tmeta = cached_model(model_name, data, training.teacher, seed=seed, model_kwargs=model_kwargs,
-                                  device=device, progress=progress, log=log)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    baseline = training.recipe != "adapta"
+    if baseline:  # US-Net and DS-Net train from scratch, without a teacher
+        teacher, tmeta = None, {}
+    else:
+        teacher, tmeta = cached_model(model_name, data, training.teacher, seed=seed, model_kwargs=model_kwargs,
+                                      device=device, progress=progress, log=log)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     key = cache_key(model_name, model_kwargs, data, training.to_dict(), seed)
     folder = Path(root or cache_dir() / "supernets") / data.spec.name / f"{model_name}-{key}"
     torch.manual_seed(seed)
     student: AdaptaResNet = create_model(model_name, data.spec, **model_kwargs).to(device)  # type: ignore[assignment]
-    student.load_state_dict(teacher.state_dict())
+    if teacher is not None:
+        student.load_state_dict(teacher.state_dict())
     names = phases(student, training)
     done, meta = 0, {"teacher": {k: tmeta.get(k) for k in ("test_accuracy", "calib_accuracy", "flops", "checkpoint",
                                                              "train_seconds")},
@@ -418,6 +551,8 @@ def fit_slimmable(model_name: str, data: Dataset, training: SlimmableTraining, *
             log(f"[slimmable] resuming after phase {names[i]} ({path})")
             break
     evaluation = data.calib.subset(range(min(training.eval_images, len(data.calib))))
+    if training.train_images is not None and training.train_images < len(data.train):
+        data = dataclasses.replace(data, train=data.train.subset(range(training.train_images)))
     for i in range(done, len(names)):
         t0 = time.perf_counter()
         loss = run_phase(names[i], student, teacher, data, training, seed=seed + i, progress=progress, log=log)

@@ -115,9 +115,9 @@ class Cascade(Method):
         order_rows, test_rows = np.sort(perm[:n_order]), np.sort(perm[n_order:])
         rows, best = [], None
         for chain in candidates:
-            tr = _select(calib, chain)
             for router in self.scores:
                 for score in self._variants(router):
+                    tr = self._chain(calib, chain, score)
                     if len(chain) == 2:
                         curve = sweep_sequential(tr, score, grid=self.grid, label=router)
                         op = self._choose(curve, tr.n, reference=chain[-1], configurations=K)
@@ -141,9 +141,14 @@ class Cascade(Method):
         self.calib_curve_ = curve
         self.operating_point_ = op
         self.configurations_ = rows
-        self.flops_ = [float(c.flops) for c in _select(calib, chain).costs]
+        self.flops_ = [float(c.flops) for c in self._chain(calib, chain, score).costs]
         self.knob_ = self.check_knob(curve.settings[op.index])
         return self
+
+    def _chain(self, trace: Trace, chain: Sequence[str] | None = None, score: Score | None = None) -> Trace:
+        """The trace over ``chain``'s paths with the costs its stages pay when scored by ``score`` (default: the
+        fitted chain and score). A cascade's stage pays its path; a family whose scoring costs FLOPs adds them."""
+        return _select(trace, self.stages_ if chain is None else chain)
 
     # ------------------------------------------------------------------ protocol
     def check_knob(self, value: Any) -> tuple[float, ...]:
@@ -156,26 +161,26 @@ class Cascade(Method):
 
     def simulate_forced(self, trace: Trace, path: str) -> Outcome:
         self.check_fitted()
-        return simulate_forced(_select(trace, self.stages_), self.stages_.index(path), sequential=True)
+        return simulate_forced(self._chain(trace), self.stages_.index(path), sequential=True)
 
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """The cascade's outcome on ``trace`` at ``knob`` (default: the fitted thresholds)."""
         t = self._knob(knob)
-        return self._uncertified(trace, knob) or simulate_sequential(_select(trace, self.stages_), self.score_, t)
+        return self._uncertified(trace, knob) or simulate_sequential(self._chain(trace), self.score_, t)
 
     def curve(self, trace: Trace) -> Curve:
         """Every operating point of the fitted chain and score on ``trace``."""
         self.check_fitted()
-        return sweep_sequential(_select(trace, self.stages_), self.score_, grid=self.grid, label=self.router_)
+        return sweep_sequential(self._chain(trace), self.score_, grid=self.grid, label=self.router_)
 
     def scores_on(self, trace: Trace) -> np.ndarray:
         """(P-1, N) the fitted score of every stage but the last on ``trace``."""
         self.check_fitted()
-        return stage_scores(_select(trace, self.stages_), self.score_)
+        return stage_scores(self._chain(trace), self.score_)
 
     def oracle(self, trace: Trace) -> Outcome:
         self.check_fitted()
-        return oracle(_select(trace, self.stages_))
+        return oracle(self._chain(trace))
 
     def runtime(self, paths: ModulePool, *, device: str | torch.device | None = None) -> SequentialRuntime:
         """A :class:`SequentialRuntime` over the chain's modules at the fitted thresholds (its knob stays settable)."""

@@ -6,7 +6,11 @@ the anchors of that configuration) says whether it keeps the answer; otherwise t
 configuration runs, and so on up to the reference. Fitting is the cascade's (chain, score and
 thresholds chosen on the calibration trace through the shared guarantee, :meth:`Method._choose`); only
 the score differs: the gate's confidence is recorded in the trace (its ``gate`` aux array, written by
-the supernet's static subnets) and emitted by each stage at run time.
+the supernet's static subnets) and emitted by each stage at run time. A gate-scored stage runs its Var
+Gate besides its subnet, so its cost is the subnet's FLOPs plus the gate's (counted when the trace was
+recorded, its meta ``gate_flops``); the last stage runs no gate. Without ``stages``, the chains are
+those through the uniform widths without δ (``x0.25`` ... ``x1``); ``stages`` may name any traced
+configuration (δ, mixed).
 
 The load-aware knob is the shared :meth:`~dyninfer.methods.base.Method.knob_for`: a budget in mean
 FLOPs per image maps through the calibration curve to thresholds that meet it on average; the
@@ -15,6 +19,8 @@ runtime's knob can be changed between batches.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +35,7 @@ from ...trace import Trace
 from ..base import register_method
 from ..cascade.method import Cascade
 
+UNIFORM = re.compile(r"x[0-9.]+")  # config_name of a uniform width without δ
 ROUTERS = ("gate", "max_softmax", "margin", "entropy", "energy", "random")
 
 
@@ -64,9 +71,17 @@ class GateScore(Score):
         gate = self.params["gate"]
 
         def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits, conf = model.forward_scored(x)  # (n, K), (n, G)
-            return logits, conf[:, gate]
+            return model.forward_gated(x, gate)  # (n, K), (n,): this gate alone runs
         return run
+
+
+def gate_flops(trace: Trace) -> list[float]:
+    """Counted FLOPs per sample of each Var Gate of the supernet ``trace`` was recorded from."""
+    info = trace.meta.get("gate_flops")
+    if not isinstance(info, dict) or "gate" not in info:
+        raise TraceError("this trace does not carry its Var Gates' FLOPs (meta 'gate_flops'); record it again from "
+                         "the supernet's paths (SupernetPaths.record)")
+    return [float(v) for v in info["gate"]]
 
 
 @register_method("slimmable")
@@ -88,7 +103,7 @@ class Slimmable(Cascade):
     """
 
     path_kind = "supernet"
-    experimental = True  # no quick/full training settings or report yet
+    experimental = True  # its Fashion-MNIST figures are not measured yet; `dyninfer compare` runs it when named
     routers = ROUTERS
 
     def __init__(self, *, stages: Sequence[str] | None = None, scores: Sequence[str] = ("gate",), gate: int = -1,
@@ -105,8 +120,22 @@ class Slimmable(Cascade):
         return super()._variants(router)
 
     def fit(self, calib: Trace, **kwargs: Any) -> "Slimmable":
-        """Choose chain, score and thresholds on the calibration trace of the supernet's paths."""
+        """Choose chain, score and thresholds on the calibration trace of the supernet's paths (without
+        ``stages``: chains through its uniform widths without δ)."""
+        if self.stages is None:
+            widths = [p for p in calib.paths if UNIFORM.fullmatch(p)]
+            calib = calib.select(widths) if len(widths) >= 2 and widths[-1] == calib.paths[-1] else calib
         return super().fit(calib, **kwargs)  # type: ignore[return-value]
+
+    def _chain(self, trace: Trace, chain: Sequence[str] | None = None, score: Score | None = None) -> Trace:
+        """The chain's trace; with the gate score, every stage but the last also pays its Var Gate's FLOPs."""
+        tr = super()._chain(trace, chain)
+        score = self.score_ if score is None else score
+        if not isinstance(score, GateScore) or len(tr.paths) < 2:
+            return tr
+        extra = gate_flops(trace)[score.params["gate"]]
+        return tr.with_costs([dataclasses.replace(c, flops=int(c.flops + extra)) if p < len(tr.paths) - 1 else c
+                              for p, c in enumerate(tr.costs)])
 
     def runtime(self, paths: SupernetPaths, *, device: str | torch.device | None = None) -> SequentialRuntime:
         """A :class:`SequentialRuntime` over the chain's static subnets; gate-scored stages emit their gate's
