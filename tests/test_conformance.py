@@ -21,7 +21,7 @@ from dyninfer.methods import METHODS, create_method, load_method
 # no loss below a few points can be certified); every other setting keeps its default.
 FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance": 0.05},
         "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05},
-        "slimmable-bins": {"tolerance": 0.05}}
+        "slimmable-bins": {"tolerance": 0.05}, "cascade-specialised": {"classes": (1, 4, 7), "tolerance": 0.05}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

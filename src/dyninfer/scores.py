@@ -7,6 +7,9 @@ max_softmax    max_k p_k                                              EBJR eq. 1
 margin         p_(1) - p_(2)                                          
 entropy        -H(p) = sum_k p_k log p_k  (negated entropy)           EBJR eq. 22
 energy         -F(x) = T * logsumexp(z / T)  (negative free energy)   EBJR eq. 3, 6
+specialised    -F̄(x) = logsumexp(z[classes]) if the top subset logit  EBJR eq. 16, 17
+               reaches logsumexp(z[others]) ("other" is not the
+               argmax), else -inf (always forwarded)
 random         U(0, 1) per input, from a seeded hash of its logits (a baseline that ignores confidence)
 =============  =====================================================  ==========================
 
@@ -129,3 +132,45 @@ class RandomScore(Score):
         z = logits.double()
         v = torch.sin(z @ self.projection(z.shape[-1]).to(z.device)).abs() * 43758.5453
         return (v - torch.floor(v)).float()  # the fractional part (v >= 0)
+
+
+@SCORES.register("specialised")
+class SpecialisedEnergy(Score):
+    """The specialised student's router (EBJR eqs. 16-17) on K-class logits.
+
+    ``classes`` are the C̄ popular classes; the others together stand for the "other" class, whose logit is
+    ``logsumexp`` over them (exact for a :class:`~dyninfer.models.specialised.SpecialisedStudent`). The score
+    is ``-F̄ = logsumexp(z[classes])`` when ``max(z[classes]) >= logsumexp(z[others])`` (the argmax is not
+    "other"), else ``-inf``: any finite threshold sends those samples on; the threshold ``-inf`` (keep
+    everything) keeps them too.
+
+    Args:
+        classes: distinct class indices, C̄ of them, fewer than the logits' K (checked on the first call).
+    """
+
+    name = "specialised"
+
+    def __init__(self, classes=()) -> None:
+        from .models.specialised import check_classes
+
+        super().__init__()
+        ok = isinstance(classes, (list, tuple)) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                        for c in classes)
+        if not ok or not classes:
+            raise ConfigError(f"the specialised score needs classes: a non-empty list of class indices (integers "
+                              f">= 0), got {classes!r}")
+        cls = check_classes(list(classes), max(classes) + 2)  # distinct; K is checked against the logits
+        self.params = {"classes": cls}
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        from .models.specialised import check_classes
+
+        z = logits.float()  # (N, K)
+        cls = check_classes(self.params["classes"], z.shape[-1])
+        mask = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
+        mask[cls] = True
+        inside, outside = z[:, mask], z[:, ~mask]  # (N, C̄), (N, K - C̄)
+        neg_f = torch.logsumexp(inside, dim=-1)  # (N,) -F̄ over the popular classes
+        other = torch.logsumexp(outside, dim=-1)  # (N,) the "other" logit
+        keep = inside.amax(-1) >= other
+        return torch.where(keep, neg_f, torch.full_like(neg_f, float("-inf")))

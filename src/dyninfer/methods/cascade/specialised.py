@@ -1,0 +1,165 @@
+"""Specialised EBJR (paper section 2.4): a student for the C̄ popular classes plus "other", routed by eqs. 16-17.
+
+* :func:`fit_specialised` trains (or reuses from the checkpoint cache) a
+  :class:`~dyninfer.models.specialised.SpecialisedStudent` on the training split with labels remapped to
+  C̄ + 1 classes; it maps images to K-class logits, so it is a path like any other.
+* :class:`SpecialisedCascade` (method ``cascade-specialised``) is the cascade with the ``specialised`` router
+  (:class:`~dyninfer.scores.SpecialisedEnergy`): a sample stays with the student when -F̄ over the popular
+  classes reaches the threshold and its argmax is not "other". Sweep, guarantee, runtime and storage are the
+  cascade's; the router's classes are saved with the score's settings.
+* :func:`energy_gap` measures inequality (15): the gap between the mean free energy of in-subset and
+  out-of-subset samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ...data.datasets import Dataset
+from ...errors import ConfigError
+from ...models.specialised import SpecialisedStudent, check_classes
+from ...paths import ModulePool
+from ...scores import Score, make_score
+from ...trace import Trace
+from ...train.checkpoint import cached_model
+from ...train.recipe import Recipe
+from ..base import register_method
+from .method import DEFAULT_TEMPERATURES, ROUTERS, Cascade
+
+
+def fit_specialised(base: str, data: Dataset, classes: Sequence[int], recipe: Recipe, *, seed: int = 0,
+                    base_kwargs: dict | None = None, device: str | torch.device = "cpu", progress: bool = True,
+                    log: Callable[[str], None] = print) -> tuple[SpecialisedStudent, dict]:
+    """A specialised student ``base`` for ``classes``, trained on ``data.train`` (cached like every model).
+
+    Training runs the ordinary trainer on the wrapper's K-class logits with the original labels, which is
+    cross-entropy on the C̄ + 1 remapped labels plus a constant (see :mod:`dyninfer.models.specialised`);
+    label smoothing would break that equality and is refused.
+
+    Raises:
+        ConfigError: bad classes, or a recipe with label smoothing.
+    """
+    cls = check_classes(list(classes), data.spec.num_classes)
+    if recipe.label_smoothing:
+        raise ConfigError("a specialised student trains without label smoothing (label_smoothing=0): smoothing over "
+                          "the K spread logits is not smoothing over the C̄ + 1 classes")
+    kwargs = {"base": base, "classes": cls, "base_kwargs": dict(base_kwargs or {})}
+    model, meta = cached_model("specialised", data, recipe, seed=seed, model_kwargs=kwargs, device=device,
+                               progress=progress, log=log)
+    return model, meta  # type: ignore[return-value]
+
+
+def pool_classes(paths: Any) -> list[int] | None:
+    """The popular classes of the specialised students in a module pool (None: it has none)."""
+    if not isinstance(paths, ModulePool):
+        return None
+    found = {tuple(m.classes) for m in paths.models.values() if isinstance(m, SpecialisedStudent)}
+    if len(found) > 1:
+        raise ConfigError(f"the pool holds specialised students for different classes {sorted(found)}; pass classes=")
+    return list(found.pop()) if found else None
+
+
+@register_method("cascade-specialised")
+class SpecialisedCascade(Cascade):
+    """The cascade (EBJR) with the specialised router of section 2.4 among its scores.
+
+    Args:
+        classes: the C̄ popular classes of the ``specialised`` router; None: those of the pool's specialised
+            student (``fit_options``), or the ``classes`` given to ``fit``.
+        scores: routers to choose among: those of :class:`Cascade` and ``specialised``.
+        stages, temperatures, tolerance, confidence, bound, grid, order_share, seed: as :class:`Cascade`.
+
+    Fitted attributes: those of :class:`Cascade`, and ``classes_``.
+    """
+
+    experimental = True  # needs a specialised student in the pool; `dyninfer compare` runs it when named
+    routers = (*ROUTERS, "specialised")
+
+    def __init__(self, *, classes: Sequence[int] | None = None, stages: Sequence[str] | None = None,
+                 scores: Sequence[str] = ("specialised",), temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+                 tolerance: float = 0.001, confidence: float = 0.95, bound: str = "clt", grid: int = 40,
+                 order_share: float = 0.3, seed: int = 0) -> None:
+        super().__init__(stages=stages, scores=scores, temperatures=temperatures, tolerance=tolerance,
+                         confidence=confidence, bound=bound, grid=grid, order_share=order_share, seed=seed)
+        self.classes = classes
+        if classes is not None:
+            make_score("specialised", classes=list(classes) if isinstance(classes, tuple) else classes)
+
+    def fit_options(self, paths) -> dict:
+        """The classes of the pool's specialised student, when this cascade was given none."""
+        found = pool_classes(paths) if self.classes is None else None
+        return {"classes": found} if found is not None else {}
+
+    def fit(self, calib: Trace, *, classes: Sequence[int] | None = None, **kwargs: Any) -> "SpecialisedCascade":
+        """As :meth:`Cascade.fit`; ``classes`` (when the constructor got none) are the router's popular classes."""
+        if self.classes is not None and classes is not None and list(classes) != list(self.classes):
+            raise ConfigError(f"classes {list(classes)} given to fit differ from the cascade's {list(self.classes)}")
+        chosen = self.classes if self.classes is not None else classes
+        if chosen is None and "specialised" in self.scores:
+            raise ConfigError("the specialised router needs its popular classes: pass classes= to the cascade or to "
+                              "fit, or fit with a pool holding a specialised student (fit_options)")
+        K = calib.logits.shape[-1]
+        self.classes_ = check_classes(list(chosen), K) if chosen is not None else None
+        return super().fit(calib, **kwargs)
+
+    def _variants(self, router: str) -> list[Score]:
+        if router == "specialised":
+            return [make_score("specialised", classes=list(self.classes_))]
+        return super()._variants(router)
+
+    def _state(self) -> tuple[dict, dict]:
+        state, tensors = super()._state()
+        state["classes_"] = self.classes_
+        return state, tensors
+
+    def _set_state(self, state: dict, tensors: dict) -> None:
+        self.classes_ = None if state["classes_"] is None else [int(c) for c in state["classes_"]]
+        super()._set_state(state, tensors)
+
+
+def free_energy(logits: torch.Tensor | np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+    """(N,) free energy F = -logsumexp(z) over ``classes`` (default: all K), eqs. 3 and 17."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)  # (N, K)
+    if classes is not None:
+        z = z[:, check_classes(list(classes), z.shape[-1])]
+    return (-torch.logsumexp(z, dim=-1)).numpy()
+
+
+def energy_gap(logits: torch.Tensor | np.ndarray, labels: np.ndarray | torch.Tensor, classes: Sequence[int], *,
+               specialised: bool) -> dict:
+    """Inequality (15): free energies of in-subset (label in ``classes``) and out-of-subset samples.
+
+    Args:
+        logits: (N, K) a student's logits.
+        labels: (N,) true labels (they only split the samples into in and out).
+        classes: the popular classes.
+        specialised: True: F̄ over ``classes`` (eq. 17, the specialised student); False: F over all K (eq. 3).
+
+    Returns:
+        ``gap`` |mean F(in) - mean F(out)|, ``mean_in``, ``mean_out``, ``std_in``, ``std_out``, ``d`` (the gap
+        over the pooled standard deviation, scale-free) and ``auroc`` (-F ranking in above out; 0.5: no
+        separation), with the counts ``n_in``, ``n_out``.
+
+    Raises:
+        ConfigError: no in-subset or no out-of-subset samples.
+    """
+    z = np.asarray(logits)
+    y = np.asarray(labels).reshape(-1)
+    cls = check_classes(list(classes), z.shape[-1])
+    f = free_energy(z, cls if specialised else None)
+    inside = np.isin(y, cls)
+    if inside.all() or not inside.any():
+        raise ConfigError("the energy gap needs samples of the popular classes and of the others")
+    fi, fo = f[inside], f[~inside]
+    pooled = np.sqrt((fi.var(ddof=1) * (fi.size - 1) + fo.var(ddof=1) * (fo.size - 1)) / (f.size - 2))
+    ranks = np.argsort(np.argsort(-f, kind="stable"), kind="stable") + 1.0  # rank of -F, ascending
+    auroc = (ranks[inside].sum() - fi.size * (fi.size + 1) / 2) / (fi.size * fo.size)
+    return {"gap": float(abs(fi.mean() - fo.mean())), "mean_in": float(fi.mean()), "mean_out": float(fo.mean()),
+            "std_in": float(fi.std()), "std_out": float(fo.std()), "d": float(abs(fi.mean() - fo.mean()) / pooled),
+            "auroc": float(auroc), "n_in": int(fi.size), "n_out": int(fo.size)}
+
+
+__all__ = ["SpecialisedCascade", "energy_gap", "fit_specialised", "free_energy", "pool_classes"]
