@@ -311,6 +311,6 @@ def test_serve_command_refuses_missing_policies_and_bad_settings(policies, tmp_p
     assert "no saved policy" in capsys.readouterr().err
     folder, _ = policies["cascade"]
     assert main(["serve", str(folder), "--max-batch", "0"]) == 2
-    assert "max_batch must be a positive integer" in capsys.readouterr().err
+    assert "max_batch must be an integer in [1, inf]" in capsys.readouterr().err
     assert main(["serve", str(folder), "--slo-p99-ms", "-1"]) == 2
     assert "target_p99_ms" in capsys.readouterr().err

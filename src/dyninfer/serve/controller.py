@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..check import number
-from ..errors import ConfigError
 
 
 @dataclass
@@ -46,9 +45,7 @@ class ControllerConfig:
         number("step", self.step, lo=0, hi=1, lo_open=True, hi_open=True)
         number("max_loss", self.max_loss, lo=0, hi=1)
         for name in ("hold", "cooldown"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+            number(name, getattr(self, name), lo=0, integer=True)
 
 
 class LatencyController:

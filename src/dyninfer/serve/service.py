@@ -66,9 +66,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_inputs", "max_body_bytes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            number(name, getattr(self, name), lo=1, integer=True)
         number("max_wait_ms", self.max_wait_ms, lo=0)
         number("window_s", self.window_s, lo=0, lo_open=True)
         if self.max_queue < self.max_batch:

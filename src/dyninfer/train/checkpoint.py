@@ -81,6 +81,20 @@ def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, 
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def load_cached(path: Path, model_name: str, *, device, log, what: str = "") -> tuple[nn.Module, dict] | None:
+    """A cached checkpoint of ``model_name`` at ``path`` with its metadata (naming the file under ``checkpoint``),
+    or None when there is none or it is corrupt (reported through ``log``: the caller retrains)."""
+    if not path.exists():
+        return None
+    try:
+        model, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
+    except CheckpointError as e:
+        log(f"[cache] {e}; retraining")
+        return None
+    log(f"[cache] {model_name}{what}: {path} (test acc {meta.get('test_accuracy', float('nan')):.4f})")
+    return model, {**meta, "checkpoint": str(path)}
+
+
 def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model_kwargs: dict | None = None,
                  device: str | torch.device = "cpu", progress: bool = True, root: str | os.PathLike | None = None,
                  log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
@@ -96,13 +110,9 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
     model_kwargs = model_kwargs or {}
     key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed)
     path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{model_name}-{key}.pt"
-    if path.exists():
-        try:
-            model, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
-            log(f"[cache] {model_name}: {path} (test acc {meta.get('test_accuracy', float('nan')):.4f})")
-            return model, {**meta, "checkpoint": str(path)}
-        except CheckpointError as e:
-            log(f"[cache] {e}; retraining")
+    cached = load_cached(path, model_name, device=device, log=log)
+    if cached is not None:
+        return cached
     torch.manual_seed(seed)
     model = create_model(model_name, data.spec, **model_kwargs)
     res = train(model, data.train, recipe, seed=seed, device=device, desc=model_name, progress=progress)

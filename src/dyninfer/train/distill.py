@@ -19,10 +19,9 @@ from torch import nn
 
 from ..check import choice, number
 from ..data.datasets import Dataset, Split
-from ..errors import CheckpointError
 from ..io import cache_dir, digest, versions
 from ..models.registry import create_model
-from .checkpoint import cache_key, load_checkpoint, save_checkpoint
+from .checkpoint import cache_key, load_cached, save_checkpoint
 from .recipe import Recipe
 from .trainer import accuracy, predict_logits, train
 
@@ -71,13 +70,9 @@ def cached_distilled(model_name: str, teacher: nn.Module, data: Dataset, recipe:
     key = hashlib.sha1((cache_key(model_name, {}, data, recipe.to_dict(), seed) + repr(sorted(extra.items())))
                        .encode()).hexdigest()[:16]
     path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{model_name}-distil-{mode}-{key}.pt"
-    if path.exists():
-        try:
-            model, meta = load_checkpoint(path, expect_model=model_name, map_location=device)
-            log(f"[cache] {model_name} distilled ({mode}): {path}")
-            return model, {**meta, "checkpoint": str(path)}
-        except CheckpointError as e:
-            log(f"[cache] {e}; retraining")
+    cached = load_cached(path, model_name, device=device, log=log, what=f" distilled ({mode})")
+    if cached is not None:
+        return cached
     torch.manual_seed(seed)
     model = create_model(model_name, data.spec)
     res = distill(model, teacher, data.train.x, recipe, mode=mode, temperature=temperature, seed=seed, device=device,
