@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from dyninfer import CheckpointError
@@ -41,6 +42,9 @@ def test_cascade_run_writes_report_and_a_policy_that_reloads(tmp_path):
     assert main(["cascade", *FAST, "--out", str(out), "--set", "tolerance=0.05"]) == 0
     res = _check_run(out, "cascade")
     assert {r["router"] for r in res["cascade"]["routers"]} >= {"energy", "margin", "random"}
+    by = {r["router"]: r for r in res["cascade"]["routers"]}
+    assert 0 < by["energy"]["correlation_first_stage"] < 1  # confident answers are the correct ones more often
+    assert by["random"]["correlation_first_stage"] is None or np.isnan(by["random"]["correlation_first_stage"])
     assert "Routers on the same trace" in (out / "report.md").read_text()
     assert (out / "energy_hist.png").exists() and (out / "routers_vs_flops.png").exists()
     pol = load_policy(out)  # the run folder, or its policy/ subfolder

@@ -39,6 +39,16 @@ def _auroc(score: np.ndarray, correct: np.ndarray) -> float:
     return float(roc_auc_score(correct, score))
 
 
+def _correlation(score: np.ndarray, correct: np.ndarray) -> float:
+    """Point-biserial correlation of a score with the student's correctness (supplementary 5.4)."""
+    from scipy.stats import pointbiserialr
+
+    finite = np.isfinite(score)
+    if correct[finite].all() or not correct[finite].any() or np.ptp(score[finite]) == 0:
+        return float("nan")
+    return float(pointbiserialr(correct[finite], score[finite]).statistic)
+
+
 def make(ev, cfg: CascadeFigures, log: Callable[[str], None]) -> list[Section]:
     m: Cascade = ev.method
     calib, test = ev.calib, ev.test
@@ -61,6 +71,8 @@ def make(ev, cfg: CascadeFigures, log: Callable[[str], None]) -> list[Section]:
                      "test_flops": out.mean_flops, "flops_saving": ref_flops / out.mean_flops,
                      "meets_tolerance_test": out.accuracy >= ref_acc - m.tolerance - 1e-12,
                      "auroc_first_stage": _auroc(s0, ctest.correct[0]) if c.score_.deterministic else float("nan"),
+                     "correlation_first_stage": _correlation(s0, ctest.correct[0]) if c.score_.deterministic
+                     else float("nan"),
                      "test_optimal_flops": float(curve.cost[j]) if j is not None else float("nan"),
                      "oracle_share_captured": (ref_flops - out.mean_flops) / (ref_flops - orc.mean_flops)})
         log(f"[routers] {router:12s} test acc {out.accuracy:.4f}, {out.mean_flops / 1e6:.2f} MFLOPs")
@@ -81,15 +93,17 @@ def make(ev, cfg: CascadeFigures, log: Callable[[str], None]) -> list[Section]:
     md = [f"Chain {' > '.join(chain)} (chosen on calibration). Each router alone, with the same tolerance, confidence "
           f"and bound; 'test-optimal' is the cheapest point of the router's test curve reaching the reference's test "
           f"accuracy minus the tolerance (threshold-free: it measures how well the score ranks samples). AUROC: how "
-          f"well the first stage's score separates its correct from its wrong answers.", "",
+          f"well the first stage's score separates its correct from its wrong answers; r: its point-biserial "
+          f"correlation with the first stage's correctness.", "",
           markdown_table(["router", "score", "certified", "test acc %", "within tolerance", "MFLOPs/img", "fewer FLOPs",
-                          "test-optimal MFLOPs", "AUROC", "oracle saving captured"],
+                          "test-optimal MFLOPs", "AUROC", "r", "oracle saving captured"],
                          [[r["router"], r["score"], "yes" if r["certified"] else "no", f"{100 * r['test_accuracy']:.2f}",
                            "yes" if r["meets_tolerance_test"] else "no", f"{r['test_flops'] / 1e6:.2f}",
                            f"{r['flops_saving']:.2f}x", f"{r['test_optimal_flops'] / 1e6:.2f}",
-                           f"{r['auroc_first_stage']:.4f}", f"{100 * r['oracle_share_captured']:.1f}%"] for r in rows]
+                           f"{r['auroc_first_stage']:.4f}", f"{r['correlation_first_stage']:.3f}",
+                           f"{100 * r['oracle_share_captured']:.1f}%"] for r in rows]
                          + [["oracle", "—", "—", f"{100 * orc.accuracy:.2f}", "—", f"{orc.mean_flops / 1e6:.2f}",
-                             f"{ref_flops / orc.mean_flops:.2f}x", "—", "—", "100%"]]),
+                             f"{ref_flops / orc.mean_flops:.2f}x", "—", "—", "—", "100%"]]),
           "", "**Winner:** at the calibrated thresholds, "
           + (f"**{winner}** is the cheapest router within the tolerance on test" if winner else
              "no router stays within the tolerance on test")
