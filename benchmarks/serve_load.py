@@ -28,6 +28,7 @@ import os
 import random
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", "import sys; from dyninfer.cli import main; sys.exit(main())", "serve", policy, "--port", str(self.port), "--threads",
                str(threads), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
 
     def __enter__(self) -> "Server":
         import httpx
@@ -59,7 +61,8 @@ class Server:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read()[-2000:]}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self

@@ -129,6 +129,11 @@ BAD = [  # (what, request kwargs, expected status)
     ("no file field", dict(files={"other": ("a.png", b"x", "image/png")}), 422),
     ("oversize body", dict(content=b"[" + b"0," * 40_000 + b"0]", headers={"content-type": "application/json"}), 413),
     ("unsupported type", dict(content=b"hello", headers={"content-type": "text/plain"}), 415),
+    ("number beyond float range", dict(content=b'{"inputs": [[[[' + b"9" * 400 + b"]]]]}",
+                                      headers={"content-type": "application/json"}), 422),
+    ("JSON nested too deeply", dict(content=b'{"inputs": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+                                    headers={"content-type": "application/json"}), 400),
+    ("npy header bigger than its body", dict(content=b"", headers={"content-type": "application/x-npy"}), 422),
 ]
 
 
@@ -137,6 +142,10 @@ def test_bad_predict_requests_get_a_4xx_json_error_and_the_server_keeps_serving(
     client, service, prep = served
     if what == "truncated image":
         kwargs = dict(files={"file": ("a.png", _png(np.random.rand(32, 32))[:60], "image/png")})
+    if what == "npy header bigger than its body":
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((3, 1, 8, 8), np.float32))
+        kwargs["content"] = buf.getvalue().replace(b"(3, 1, 8, 8)", b"(999999999, 1, 8, 8)")
     r = client.post("/v1/predict", **kwargs)
     assert r.status_code == status, r.text
     body = r.json()
@@ -149,6 +158,7 @@ def test_bad_predict_requests_get_a_4xx_json_error_and_the_server_keeps_serving(
     ({"point": -1}, 422), ({"point": 10**6}, 422), ({"point": 1.5}, 422), ({"value": [1, 2, 3]}, 422),
     ({"value": "high"}, 422), ({"path": "no-such-path"}, 422), ({"path": 99}, 422), ({"budget_flops": 1}, 422),
     ({"target_accuracy": 2}, 422), ({"point": 0, "value": 1}, 422), ({}, 422), ({"knob": 1}, 422),
+    ({"value": 10**400}, 422), ({"budget_flops": 10**400}, 422),
     ({"fitted": False}, 422)])
 def test_bad_knob_requests(served, body, status):
     client, service, _ = served
@@ -221,8 +231,8 @@ def test_batcher_groups_requests_and_refuses_beyond_its_queue():
 def test_a_full_queue_answers_503_with_retry_after(policies):
     folder, prep = policies["cascade"]
     service = PolicyService(load_policy(folder), ServeConfig(max_batch=2, max_queue=2, max_wait_ms=1))
-    slow = service._run
-    service._run = lambda x: (time.sleep(0.1), slow(x))[1]
+    slow = service.batcher._run
+    service.batcher._run = lambda x: (time.sleep(0.1), slow(x))[1]
     x = prep.data.test.x[:1].tolist()
 
     async def burst(url):
@@ -314,3 +324,47 @@ def test_serve_command_refuses_missing_policies_and_bad_settings(policies, tmp_p
     assert "max_batch must be an integer in [1, inf]" in capsys.readouterr().err
     assert main(["serve", str(folder), "--slo-p99-ms", "-1"]) == 2
     assert "target_p99_ms" in capsys.readouterr().err
+
+
+def test_a_failing_batch_answers_its_requests_and_the_batcher_goes_on():
+    from dyninfer.result import RuntimeResult
+
+    def run(x):
+        n = x.shape[0]
+        return RuntimeResult(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.ones(n),
+                             np.ones(n), 0.0, np.zeros(1), np.zeros(1))
+
+    async def main():
+        b = Batcher(run, max_batch=8, max_wait_ms=30, max_queue=16)
+        mixed = await asyncio.gather(b.submit(torch.zeros(1, 1, 2, 2)), b.submit(torch.zeros(1, 1, 3, 3)),
+                                     return_exceptions=True)  # cannot be concatenated into one batch
+        after = await b.submit(torch.zeros(2, 1, 2, 2))
+        await b.stop()
+        return mixed, after
+
+    mixed, after = asyncio.run(main())
+    assert all(isinstance(m, RuntimeError) for m in mixed) and len(after) == 2
+
+
+def test_the_controller_returns_to_the_users_own_knob(policies):
+    folder, _ = policies["cascade"]
+    service = PolicyService(load_policy(folder), ServeConfig())
+    c = service.curve
+    off_curve = [float(np.mean([float(c.knobs[-1][0]), float(c.knobs[-2][0])]))]
+    if not np.isfinite(off_curve[0]):
+        off_curve = [float(c.knobs[-1][0]) + 0.123]
+    service.set_knob({"value": off_curve})
+    ctl = LatencyController(service, ControllerConfig(target_p99_ms=1, cooldown=0, max_loss=1.0, window_s=60))
+    service.stats.add_request(1.0, 1)
+    assert ctl.tick() == -1 and service.point < service.user_point
+    ctl.set_enabled(False)
+    assert list(service.runtime.knob) == off_curve  # the knob the user set, not the nearest point's
+
+
+def test_a_request_larger_than_the_queue_is_refused_not_retried_forever(policies):
+    folder, prep = policies["cascade"]
+    service = PolicyService(load_policy(folder), ServeConfig(max_batch=2, max_queue=4))
+    with running(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/predict", json={"inputs": prep.data.test.x[:5].tolist()})
+        assert r.status_code == 422 and "queues at most 4" in r.json()["error"]
+        assert c.post("/v1/predict", json={"inputs": prep.data.test.x[:4].tolist()}).status_code == 200

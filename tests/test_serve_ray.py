@@ -73,4 +73,4 @@ def test_ray_answers_equal_the_in_process_runtime_and_caches_stay_in_budget(ray_
     assert stats["misses"] >= 2  # both paths ran through the one-path cache
     bad = client.post("/v1/predict", json={"inputs": [[1, 2]]})
     assert bad.status_code == 422 and "error" in bad.json()
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200

@@ -195,7 +195,7 @@ class _Guard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return b""  # the client left; the app answers an empty body, which nobody reads
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -210,7 +210,7 @@ def create_app(service: PolicyService, *, slo: ControllerConfig | None = None) -
     """The FastAPI application serving ``service`` (with a latency controller when ``slo`` is given)."""
     controller = LatencyController(service, slo) if slo is not None else None
     metrics = _Metrics(service)
-    state = {"ready": False}
+    state = {"ready": False}  # set after the warm-up (or by a host that runs no lifespan, such as Ray Serve)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -233,6 +233,7 @@ def create_app(service: PolicyService, *, slo: ControllerConfig | None = None) -
                   lifespan=lifespan)
     app.state.service = service
     app.state.controller = controller
+    app.state.readiness = state
 
     # ----------------------------------------------------------------- errors
     @app.exception_handler(InputError)
@@ -269,6 +270,10 @@ def create_app(service: PolicyService, *, slo: ControllerConfig | None = None) -
                 405: "this endpoint does not take that method; see /openapi.json"}.get(e.status_code, str(e.detail))
         return _error(e.status_code, hint, headers=getattr(e, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def _deep(request: Request, e: RecursionError):
+        return _error(400, "the JSON body is nested too deeply; send a flat object as /openapi.json describes")
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):  # answered, logged by uvicorn; the server keeps serving
         return _error(500, f"internal error ({type(e).__name__}: {e}); the request was not processed")
@@ -281,14 +286,14 @@ def create_app(service: PolicyService, *, slo: ControllerConfig | None = None) -
         if ctype == "application/json":
             try:
                 body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # malformed, undecodable, too deep, or a number too long
                 return _error(400, 'the body is not valid JSON; send {"inputs": [[[[...]]]]} (N, C, H, W) in [0, 1]')
             if not isinstance(body, dict) or set(body) != {"inputs"}:
                 return _error(422, 'send a JSON object with one key, "inputs": (N, C, H, W) or (C, H, W) numbers '
                                    'in [0, 1]')
-            x = decode_arrays(body["inputs"], service.input_shape, service.config.max_inputs)
+            x = await asyncio.to_thread(decode_arrays, body["inputs"], service.input_shape, service.config.max_inputs)
         elif ctype in NPY_TYPES:
-            x = decode_npy(await request.body(), service.config.max_inputs)
+            x = await asyncio.to_thread(decode_npy, await request.body(), service.config.max_inputs)
         elif ctype == "multipart/form-data":
             try:
                 form = await request.form(max_files=service.config.max_inputs)
@@ -301,7 +306,8 @@ def create_app(service: PolicyService, *, slo: ControllerConfig | None = None) -
                 return _error(422, "this policy has no fixed input shape; send a JSON batch of arrays")
             import torch
 
-            x = torch.cat([decode_image(await f.read(), service.input_shape) for f in files])
+            datas = [await f.read() for f in files]
+            x = torch.cat(await asyncio.to_thread(lambda: [decode_image(d, service.input_shape) for d in datas]))
         else:
             return _error(415, f"content type {ctype or 'none'!r} is not accepted; send multipart/form-data with an "
                                f"image in field 'file', application/json with {{\"inputs\": ...}}, or application/x-npy "

@@ -125,6 +125,7 @@ def deployments():
                 policy.paths.files = {}
             self.service = PolicyService(policy, config)
             self.app = create_app(self.service)
+            self.app.state.readiness["ready"] = True  # Ray runs no lifespan: ready once the replica is built
             self.workers = workers
 
         async def __call__(self, request):

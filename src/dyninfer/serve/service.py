@@ -147,6 +147,7 @@ class WindowStats:
         self._requests: deque[tuple[float, float, int]] = deque()  # (done time, latency s, samples)
         self._batches: deque[tuple[float, int, np.ndarray]] = deque()  # (done time, size, samples per path)
         self._lock = threading.Lock()
+        self._since = time.monotonic()
 
     def _trim(self, now: float) -> None:
         for q in (self._requests, self._batches):
@@ -179,7 +180,7 @@ class WindowStats:
             self._trim(now)
             lat = np.array([r[1] for r in self._requests])
             samples = sum(r[2] for r in self._requests)
-            span = min(self.window_s, now - self._requests[0][0]) if self._requests else 0.0
+            span = min(self.window_s, now - self._since)
             counts = np.sum([b[2] for b in self._batches], axis=0) if self._batches else np.zeros(len(self.paths))
             sizes = [b[1] for b in self._batches]
         total = float(np.sum(counts))
@@ -238,13 +239,14 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dyninfer-runtime")
         self._batch_seconds = 0.01  # running estimate, for Retry-After
+        self._current: list[_Pending] = []  # the batch in flight
 
     @property
     def queued(self) -> int:
         return self._queued
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -256,21 +258,28 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while self._queue:  # nothing accepted is dropped silently
-            p = self._queue.popleft()
+        shutting = Overloaded("the server is shutting down; send the request again", 1.0)
+        for p in [*self._current, *self._queue]:  # nothing accepted is dropped silently
             if not p.future.done():
-                p.future.set_exception(Overloaded("the server is shutting down; send the request again", 1.0))
+                p.future.set_exception(shutting)
+        self._queue.clear()
+        self._current = []
         self._pool.shutdown(wait=True)
 
     async def submit(self, x: torch.Tensor) -> Answers:
-        """Queue ``x`` (N, C, H, W) and wait for its result; :class:`Overloaded` at once if the queue is full."""
+        """Queue ``x`` (N, C, H, W) and wait for its result; :class:`Overloaded` at once if the queue is full.
+
+        Raises:
+            InputError: ``x`` holds more samples than the queue can ever hold.
+        """
         n = int(x.shape[0])
+        if n > self.max_queue:
+            raise InputError(f"the request holds {n} images; this server queues at most {self.max_queue}; send fewer")
         if self._queued + n > self.max_queue:
             wait = max(1.0, (self._queued / max(self.max_batch, 1)) * self._batch_seconds)
             raise Overloaded(f"the queue is full ({self._queued} samples waiting, at most {self.max_queue}); "
                              f"retry after {wait:.0f} s", retry_after=wait)
-        if self._task is None:
-            self.start()
+        self.start()  # (re)starts the loop when it is not running
         fut = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(x, fut, time.monotonic()))
         self._queued += n
@@ -278,7 +287,6 @@ class Batcher:
         return await fut
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wake.clear()  # type: ignore[union-attr]
@@ -298,27 +306,33 @@ class Batcher:
                 batch.append(p)
                 size += int(p.x.shape[0])
             self._queued -= size
-            batch = [p for p in batch if not p.future.cancelled()]  # the client went away
-            if not batch:
-                continue
-            x = batch[0].x if len(batch) == 1 else torch.cat([p.x for p in batch])
-            t0 = time.monotonic()
+            self._current = [p for p in batch if not p.future.cancelled()]  # the client went away
             try:
-                res = await loop.run_in_executor(self._pool, self._run, x)
-            except Exception as e:  # the runtime failed: every request of the batch gets the error
-                for p in batch:
+                await self._run_batch(self._current)
+            except Exception as e:  # anything that fails answers every request of the batch with the error
+                for p in self._current:
                     if not p.future.done():
                         p.future.set_exception(e)
-                continue
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - t0)
-            if self._on_batch is not None:
-                self._on_batch(res)
-            for p, a in zip(batch, Answers.split(res, [int(p.x.shape[0]) for p in batch])):
-                if not p.future.done():
-                    p.future.set_result(a)
+            self._current = []
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        x = batch[0].x if len(batch) == 1 else torch.cat([p.x for p in batch])
+        t0 = time.monotonic()
+        res = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, x)
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - t0)
+        if self._on_batch is not None:
+            self._on_batch(res)
+        for p, a in zip(batch, Answers.split(res, [int(p.x.shape[0]) for p in batch])):
+            if not p.future.done():
+                p.future.set_result(a)
 
 
 # ---------------------------------------------------------------------------------------------- images
+MAX_PIXELS = 16 * 10**6
+
+
 def decode_image(data: bytes, input_shape: tuple[int, ...]) -> torch.Tensor:
     """A PNG/JPEG (any format Pillow reads) -> (1, C, H, W) in [0, 1], converted and resized as the
     image-folder datasets are (``Resize((H, W))`` then ``PILToTensor() / 255``).
@@ -333,6 +347,9 @@ def decode_image(data: bytes, input_shape: tuple[int, ...]) -> torch.Tensor:
         raise InputError("the upload is empty; send a PNG or JPEG file")
     try:
         img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise InputError(f"the image is {img.width}x{img.height}; send one of at most {MAX_PIXELS // 10**6} "
+                             f"megapixels (it is resized to the model's input anyway)")
         img.load()
     except UnidentifiedImageError:
         raise InputError("the upload is not an image Pillow can read; send a PNG or JPEG file") from None
@@ -360,7 +377,7 @@ def decode_arrays(inputs: Any, input_shape: tuple[int, ...] | None, max_inputs: 
         raise InputError('"inputs" must be an array of images: (N, C, H, W) nested lists of numbers in [0, 1]')
     try:
         a = np.asarray(inputs, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InputError('"inputs" must be a rectangular array of numbers (N, C, H, W); it is ragged or holds '
                          'something other than numbers') from None
     if input_shape is not None and a.ndim == len(input_shape):
@@ -385,8 +402,14 @@ def decode_npy(data: bytes, max_inputs: int) -> torch.Tensor:
         InputError: not a .npy file, an object array, the wrong rank, too many inputs.
     """
     try:
+        f = io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize != len(data) - f.tell():
+            raise ValueError(f"its header declares {dtype} {shape}, which is not what the body holds")
         a = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise InputError(f"the body is not a .npy array ({e}); send numpy.save(buffer, x) of float32 (N, C, H, W) "
                          f"in [0, 1]") from None
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
@@ -418,7 +441,8 @@ class PolicyService:
         self.curve = KnobCurve(self.method)
         self.fitted_knob = self.runtime.knob
         self.fitted_forced = self.runtime.forced
-        self.user_point = self.curve.nearest(self.fitted_knob)  # the point the user asked for
+        self.user_knob = self.fitted_knob  # the knob the user asked for (the controller returns to it)
+        self.user_point = self.curve.nearest(self.fitted_knob)  # its point on the frontier
         self.point = self.user_point  # the point in force (the controller may move it)
         self.stats = WindowStats(self.paths, self.config.window_s)
         self.batcher = Batcher(self._run, max_batch=self.config.max_batch, max_wait_ms=self.config.max_wait_ms,
@@ -492,21 +516,18 @@ class PolicyService:
             elif key == "fitted":
                 if v is not True:
                     raise ConfigError('"fitted" takes true')
-                self.runtime.knob = self.fitted_knob
+                self.runtime.knob = self.user_knob = self.fitted_knob
                 self.runtime.force(self.fitted_forced)
                 self.user_point = self.point = self.curve.nearest(self.fitted_knob)
             else:
-                if key == "point":
-                    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(self.curve):
-                        raise ConfigError(f'"point" must be an integer in [0, {len(self.curve) - 1}], got {v!r}')
-                    knob = self.curve.knobs[v]
-                elif key == "value":
-                    knob = self.method.check_knob(_from_json(v))
-                elif key == "target_accuracy":
-                    knob = self.method.knob_for(target_accuracy=v)
-                else:
-                    knob = self.method.knob_for(budget_flops=v)
-                self.runtime.knob = knob
+                try:
+                    knob = self._knob_from(key, v)
+                except ConfigError:
+                    raise
+                except (OverflowError, TypeError, ValueError) as e:  # e.g. a number beyond float range
+                    raise ConfigError(f"{key} {str(v)[:40]!r} cannot be used ({type(e).__name__}); send a number in "
+                                      f"range") from None
+                self.runtime.knob = self.user_knob = knob
                 self.runtime.force(None)
                 self.user_point = self.point = v if key == "point" else self.curve.nearest(knob)
             if self.controller is not None:
@@ -515,12 +536,23 @@ class PolicyService:
             f("knob", None)
         return self.knob_state()
 
+    def _knob_from(self, key: str, v: Any) -> Any:
+        """The method's knob for ``point``, ``value``, ``target_accuracy`` or ``budget_flops`` = ``v``."""
+        if key == "point":
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(self.curve):
+                raise ConfigError(f'"point" must be an integer in [0, {len(self.curve) - 1}], got {v!r}')
+            return self.curve.knobs[v]
+        if key == "value":
+            return self.method.check_knob(_from_json(v))
+        if key == "target_accuracy":
+            return self.method.knob_for(target_accuracy=v)
+        return self.method.knob_for(budget_flops=v)
+
     def move_to(self, point: int) -> None:
-        """Put the runtime at frontier ``point`` without changing the user's point (the controller's move)."""
+        """Put the runtime at frontier ``point`` without changing the user's setting (the controller's move);
+        at the user's point, the user's own knob. A forced runtime keeps running its path."""
         with self._lock:
-            if self.runtime.forced is not None:
-                return
-            self.runtime.knob = self.curve.knobs[point]
+            self.runtime.knob = self.user_knob if point == self.user_point else self.curve.knobs[point]
             self.point = point
         for f in self.listeners:
             f("knob", None)
