@@ -26,7 +26,8 @@ import torch
 from dyninfer.data.streams import popular_classes, skewed_indices
 from dyninfer.harness import load_data
 from dyninfer.methods.cascade import Cascade
-from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap, fit_specialised
+from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap
+from dyninfer.train.specialised import fit_specialised
 from dyninfer.paths import ModulePool
 from dyninfer.presets import get_preset
 from dyninfer.report.tables import markdown_table

@@ -11,7 +11,8 @@ from dyninfer import DyninferError
 from dyninfer.data.streams import popular_classes, skewed_indices, skewed_stream
 from dyninfer.errors import ConfigError
 from dyninfer.methods import load_method
-from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap, fit_specialised
+from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap
+from dyninfer.train.specialised import fit_specialised
 from dyninfer.models import create_model
 from dyninfer.models.specialised import SpecialisedStudent, remap_labels
 from dyninfer.paths import ModulePool, PathSet

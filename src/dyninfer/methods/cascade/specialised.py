@@ -1,6 +1,6 @@
 """Specialised EBJR (paper section 2.4): a student for the C̄ popular classes plus "other", routed by eqs. 16-17.
 
-* :func:`fit_specialised` trains (or reuses from the checkpoint cache) a
+* :func:`~dyninfer.train.specialised.fit_specialised` trains (or reuses from the checkpoint cache) a
   :class:`~dyninfer.models.specialised.SpecialisedStudent` on the training split with labels remapped to
   C̄ + 1 classes; it maps images to K-class logits, so it is a path like any other.
 * :class:`SpecialisedCascade` (method ``cascade-specialised``) is the cascade with the ``specialised`` router
@@ -13,43 +13,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
-from ...data.datasets import Dataset
 from ...errors import ConfigError
 from ...models.specialised import SpecialisedStudent, check_classes
 from ...paths import ModulePool
 from ...scores import Score, make_score
 from ...trace import Trace
-from ...train.checkpoint import cached_model
-from ...train.recipe import Recipe
 from ..base import register_method
 from .method import DEFAULT_TEMPERATURES, ROUTERS, Cascade
-
-
-def fit_specialised(base: str, data: Dataset, classes: Sequence[int], recipe: Recipe, *, seed: int = 0,
-                    base_kwargs: dict | None = None, device: str | torch.device = "cpu", progress: bool = True,
-                    log: Callable[[str], None] = print) -> tuple[SpecialisedStudent, dict]:
-    """A specialised student ``base`` for ``classes``, trained on ``data.train`` (cached like every model).
-
-    Training runs the ordinary trainer on the wrapper's K-class logits with the original labels, which is
-    cross-entropy on the C̄ + 1 remapped labels plus a constant (see :mod:`dyninfer.models.specialised`);
-    label smoothing would break that equality and is refused.
-
-    Raises:
-        ConfigError: bad classes, or a recipe with label smoothing.
-    """
-    cls = check_classes(list(classes), data.spec.num_classes)
-    if recipe.label_smoothing:
-        raise ConfigError("a specialised student trains without label smoothing (label_smoothing=0): smoothing over "
-                          "the K spread logits is not smoothing over the C̄ + 1 classes")
-    kwargs = {"base": base, "classes": cls, "base_kwargs": dict(base_kwargs or {})}
-    model, meta = cached_model("specialised", data, recipe, seed=seed, model_kwargs=kwargs, device=device,
-                               progress=progress, log=log)
-    return model, meta  # type: ignore[return-value]
 
 
 def pool_classes(paths: Any) -> list[int] | None:
@@ -121,11 +97,11 @@ class SpecialisedCascade(Cascade):
 
 
 def free_energy(logits: torch.Tensor | np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
-    """(N,) free energy F = -logsumexp(z) over ``classes`` (default: all K), eqs. 3 and 17."""
+    """(N,) free energy F over ``classes`` (default: all K), eqs. 3 and 17: minus the ``energy`` score."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)  # (N, K)
     if classes is not None:
         z = z[:, check_classes(list(classes), z.shape[-1])]
-    return (-torch.logsumexp(z, dim=-1)).numpy()
+    return (-make_score("energy")(z)).numpy()
 
 
 def energy_gap(logits: torch.Tensor | np.ndarray, labels: np.ndarray | torch.Tensor, classes: Sequence[int], *,
@@ -155,11 +131,10 @@ def energy_gap(logits: torch.Tensor | np.ndarray, labels: np.ndarray | torch.Ten
         raise ConfigError("the energy gap needs samples of the popular classes and of the others")
     fi, fo = f[inside], f[~inside]
     pooled = np.sqrt((fi.var(ddof=1) * (fi.size - 1) + fo.var(ddof=1) * (fo.size - 1)) / (f.size - 2))
-    ranks = np.argsort(np.argsort(-f, kind="stable"), kind="stable") + 1.0  # rank of -F, ascending
-    auroc = (ranks[inside].sum() - fi.size * (fi.size + 1) / 2) / (fi.size * fo.size)
+    auroc = roc_auc_score(inside, -f)  # -F ranking in-subset samples above the others
     return {"gap": float(abs(fi.mean() - fo.mean())), "mean_in": float(fi.mean()), "mean_out": float(fo.mean()),
             "std_in": float(fi.std()), "std_out": float(fo.std()), "d": float(abs(fi.mean() - fo.mean()) / pooled),
             "auroc": float(auroc), "n_in": int(fi.size), "n_out": int(fo.size)}
 
 
-__all__ = ["SpecialisedCascade", "energy_gap", "fit_specialised", "free_energy", "pool_classes"]
+__all__ = ["SpecialisedCascade", "energy_gap", "free_energy", "pool_classes"]
