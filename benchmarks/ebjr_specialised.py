@@ -26,7 +26,7 @@ import torch
 from dyninfer.data.streams import popular_classes, skewed_indices
 from dyninfer.harness import load_data
 from dyninfer.methods.cascade import Cascade
-from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap
+from dyninfer.methods.cascade.specialised import SpecialisedCascade, energy_gap, energy_gap_terms
 from dyninfer.train.specialised import fit_specialised
 from dyninfer.paths import ModulePool
 from dyninfer.presets import get_preset
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] traces recorded ({time.perf_counter() - t0:.0f} s); FLOPs " +
           ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in flops.items()))
 
-    rows, table = [], []
+    rows, table, curves = [], [], {}
     for (cb, p), (ci, ti, chosen) in streams.items():
         calib, test = traces["calib"].subset(ci), traces["test"].subset(ti)
         tc, tt = calib.accuracy(TEACHER), test.accuracy(TEACHER)
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         g, s = operating_points(gen, calib, test, tc), operating_points(spe, calib, test, tc)
         gap_s = energy_gap(test.logits_of(sname).numpy(), test.labels, chosen, specialised=True)
         gap_g = energy_gap(test.logits_of("general").numpy(), test.labels, chosen, specialised=False)
+        terms = energy_gap_terms(test.logits_of("general").numpy(), test.labels, chosen)
         row = {"C": cb, "p": p, "popular_classes": world[:cb], "chosen_on_calibration": chosen,
                "calib_n": len(ci), "test_n": len(ti), "teacher": {"calib_accuracy": tc, "test_accuracy": tt,
                                                                   "flops": flops[TEACHER]},
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                    target_accuracy=max(0.0, tc - 0.001))).mean_flops),
                    "specialised": float(spe.simulate(calib, spe.knob_for(target_accuracy=max(0.0, tc - 0.001))).mean_flops)},
                "ratio_matched": g["matched"]["mean_flops"] / s["matched"]["mean_flops"],
-               "energy_gap": {"specialised": gap_s, "general": gap_g}}
+               "energy_gap": {"specialised": gap_s, "general": gap_g, "general_terms_29": terms}}
         rows.append(row)
+        curves[(cb, p)] = (gen.curve(test).frontier(), spe.curve(test).frontier(), tt)
         table.append([cb, f"{p:g}", len(ti), f"{100 * tt:.2f}",
                       f"{100 * g['matched']['test_accuracy']:.2f}", f"{g['matched']['mean_flops'] / 1e6:.2f}",
                       f"{100 * s['matched']['test_accuracy']:.2f}", f"{s['matched']['mean_flops'] / 1e6:.2f}",
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                          for m, d in drop.items())
     print(f"[bench] distilled: {dverdict}")
 
+    theory = [[r["C"], f"{r['p']:g}", f"{r['energy_gap']['specialised']['gap']:.2f}",
+               f"{r['energy_gap']['specialised']['d']:.2f}", f"{r['energy_gap']['general']['gap']:.2f}",
+               f"{r['energy_gap']['general']['d']:.2f}",
+               f"{r['energy_gap']['general_terms_29']['minus_s_y']['change']:+.2f}",
+               f"{r['energy_gap']['general_terms_29']['f_hat']['change']:+.2f}",
+               f"{100 * r['energy_gap']['general_terms_29']['cancelled']:.0f}%"] for r in rows]
+    holds = sum(r["energy_gap"]["specialised"]["d"] > r["energy_gap"]["general"]["d"] for r in rows)
     head = ["C̄", "p %", "test n", "teacher %", "general %", "general MFLOPs", "spec. %", "spec. MFLOPs",
             "ratio", "general cert. MFLOPs", "spec. cert. MFLOPs", "gap / AUROC general", "gap / AUROC spec."]
     sections = [
@@ -163,7 +172,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"the certified operating point (`cert.`). Accuracy and FLOPs on the test stream. Energy gap "
                 f"(inequality 15): |mean F(in) - mean F(out)| on the test stream, and the AUROC of -F for in vs out "
                 f"(general: F over 10 classes; specialised: F̄ over the C̄ classes).\n\n"
-                + markdown_table(head, table) + f"\n\n{verdict}\n", {"rows": rows, "best_at_75": best}),
+                + markdown_table(head, table) + f"\n\n{verdict}\n", {"rows": rows, "best_at_75": best},
+                {"fig6_right.png": lambda path: _fig6_right(rows, path),
+                 "fig12_curves.png": lambda path: _fig12(curves, sizes, flops[TEACHER], path)}),
+        Section("theory", "Inequality (15) and its decomposition (29) (supplementary 5.7)",
+                "On each test stream: the specialised student's gap |mean F̄(in) - mean F̄(out)| (F̄ over the C̄ "
+                "classes) against the general student's |mean F(in) - mean F(out)|, raw and over the pooled standard "
+                "deviation (d, scale-free: the students' logit scales differ). The general student's F split as "
+                "F = -S_y + F̂ (eq. 28, y the true label): the change from in- to out-of-subset samples of each term, "
+                "and the share of the larger change the other term cancels.\n\n"
+                + markdown_table(["C̄", "p %", "spec. gap", "spec. d", "general gap", "general d",
+                                  "general Δ(-S_y)", "general ΔF̂", "cancelled"], theory)
+                + f"\n\nThe scale-free gap of the specialised student exceeds the general one's on {holds} of "
+                  f"{len(rows)} streams.\n", {"holds": int(holds), "streams": len(rows)}),
         Section("distilled", "Distilled student S* (Table 4)",
                 "Alone and in the energy cascade with the teacher on the whole test split (matched thresholds "
                 "from the calibration split).\n\n"
@@ -176,6 +197,47 @@ def main(argv: list[str] | None = None) -> int:
     write_report(args.out, title="EBJR: specialised and distilled students", sections=sections, results=results)
     print(f"[bench] wrote {args.out}/report.md and results.json ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _fig6_right(rows: list[dict], path) -> None:
+    """Fig. 6 right: FLOPs at the teacher's accuracy against the share of the stream in the top-C̄ classes."""
+    from dyninfer.report.plots import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, cb in enumerate(sorted({r["C"] for r in rows})):
+        rs = sorted((r for r in rows if r["C"] == cb), key=lambda r: r["p"])
+        ps = [r["p"] for r in rs]
+        ax.plot(ps, [r["specialised"]["matched"]["mean_flops"] / 1e6 for r in rs], "-o", color=f"C{i}",
+                label=f"specialised, C̄={cb}")
+        ax.plot(ps, [r["general"]["matched"]["mean_flops"] / 1e6 for r in rs], "--x", color=f"C{i}",
+                label=f"general, C̄={cb} stream")
+    ax.axhline(rows[0]["teacher"]["flops"] / 1e6, color="k", lw=1, ls=":", label="teacher alone")
+    ax.set_xlabel("% of the stream from the top-C̄ classes")
+    ax.set_ylabel("MFLOPs / image at the teacher's accuracy")
+    ax.set_title("specialised vs general EBJR (test streams, thresholds from calibration)")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def _fig12(curves: dict, sizes: list[int], teacher_flops: float, path) -> None:
+    """Fig. 12: accuracy against FLOPs of the specialised and general cascades on the p=75 test streams."""
+    from dyninfer.report.plots import pyplot, save
+
+    plt = pyplot()
+    keys = [k for k in curves if k[1] == 75] or list(curves)[:len(sizes)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        gen, spe, tt = curves[key]
+        ax.plot(gen.cost / 1e6, 100 * gen.accuracy, label="general EBJR")
+        ax.plot(spe.cost / 1e6, 100 * spe.accuracy, label="specialised EBJR")
+        ax.plot([teacher_flops / 1e6], [100 * tt], "k*", ms=10, label="teacher")
+        ax.set_ylim(100 * tt - 6, 100 * tt + 1.5)
+        ax.set_title(f"C̄={key[0]}, p={key[1]:g}%", fontsize=9)
+        ax.set_xlabel("MFLOPs / image")
+    axes[0][0].set_ylabel("test-stream accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    save(fig, path)
 
 
 if __name__ == "__main__":

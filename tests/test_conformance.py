@@ -23,6 +23,11 @@ FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance
         "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05},
         "slimmable-bins": {"tolerance": 0.05}, "cascade-specialised": {"classes": (1, 4, 7), "tolerance": 0.05}}
 
+# further settings that change which code runs: early exits answering only at the first and last exit (EBJR's
+# cascade inside one network, supplementary 5.3)
+VARIANTS = {"early-exit[first-last]": ("early-exit", {"tolerance": 0.05, "score": "energy",
+                                                       "exits": ("column0", "column2")})}
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -30,10 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PREPARED = {"pool": "digits_prepared", "staged": "digits_staged", "supernet": "digits_supernet"}
 
 
-@pytest.fixture(scope="module", params=METHODS.names())
+@pytest.fixture(scope="module", params=[*METHODS.names(), *VARIANTS])
 def case(request):
-    name = request.param
-    params = FAST.get(name, {})
+    name, params = VARIANTS.get(request.param, (request.param, FAST.get(request.param, {})))
     method = create_method(name, **params)
     prep = request.getfixturevalue(PREPARED[method.path_kind])
     before = copy.deepcopy(vars(method))

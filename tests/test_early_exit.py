@@ -319,3 +319,33 @@ def test_paired_overhead_cancels_drift_shared_by_both_calls():
     assert o["ci_high_pct"] - o["ci_low_pct"] < 0.5 and o["rounds"] == 400
     lat_calls = interleaved_latency({"a": lambda: None, "b": lambda: None}, rounds=7, warmup=0)
     assert len(lat_calls["a"]["times_ms"]) == 7 and all(t >= 0 for t in lat_calls["b"]["times_ms"])
+
+
+def test_first_and_last_exits_are_a_cascade_inside_one_network(digits_staged):
+    """EBJR inside one network (supplementary 5.3): the skipped exits' heads do not run, their columns do."""
+    calib, test, paths = digits_staged.calib, digits_staged.test, digits_staged.paths
+    names = calib.paths
+    m = EarlyExit(score="energy", exits=[names[0], names[-1]], tolerance=0.05).fit(calib)
+    own = m.own_trace(test)
+    assert own.paths == [names[0], names[-1]]
+    full = test.costs
+    assert own.costs[1].flops == sum(c.skip_flops for c in full[1:-1]) + full[-1].flops  # columns, not heads
+    assert own.costs[0].flops + own.costs[1].flops < sum(c.flops for c in full)
+    rt = m.runtime(paths)
+    x = test.inputs()
+    for knob in (m.knob_, (float(np.median(make_score("energy")(test.logits_of(0)).numpy())),)):
+        rt.knob = knob
+        out, res = m.simulate(test, knob), rt(x)
+        assert np.array_equal(res.pred.numpy(), out.pred) and np.array_equal(res.path.numpy(), out.path)
+        assert np.allclose(np.asarray(res.flops), out.flops)
+    assert set(np.unique(m.simulate(test, (float("-inf"),)).path)) == {0}
+
+
+@pytest.mark.parametrize("exits, message", [(["column9", "column2"], "unknown exits"),
+                                            (["column1", "column0", "column2"], "network's order"),
+                                            (["column0", "column1"], "end at its last")])
+def test_answering_exits_are_checked(digits_staged, exits, message):
+    with pytest.raises(ConfigError, match=message):
+        EarlyExit(exits=exits).fit(digits_staged.calib)
+    with pytest.raises(ConfigError, match="2 or more distinct"):
+        EarlyExit(exits=["column0"])

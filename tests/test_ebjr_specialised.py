@@ -199,3 +199,22 @@ def _tiny_trace():
 
     z = np.random.default_rng(0).normal(size=(2, 20, K)).astype(np.float32)
     return Trace(["a", "b"], z, np.arange(20) % K, [PathCost(name="a", flops=1, params=1, bytes=1), PathCost(name="b", flops=10, params=1, bytes=1)])
+
+
+def test_energy_gap_terms_split_the_free_energy():
+    """Eq. (28): F = -S_y + F̂; in-subset samples with a confident true logit move the two terms apart (eq. 29)."""
+    from dyninfer.methods.cascade.specialised import energy_gap_terms, free_energy
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    z = rng.normal(size=(200, 4))
+    z[np.arange(200), y] += np.where(y < 2, 4.0, 1.0)  # popular classes {0, 1} answered with more confidence
+    t = energy_gap_terms(z, y, [0, 1])
+    f = free_energy(z)
+    inside = y < 2
+    assert t["f"]["mean_in"] == pytest.approx(f[inside].mean())
+    assert t["minus_s_y"]["mean_in"] + t["f_hat"]["mean_in"] == pytest.approx(t["f"]["mean_in"])
+    assert t["minus_s_y"]["change"] > 0 > t["f_hat"]["change"]  # opposite directions: the terms partly cancel
+    assert 0 < t["cancelled"] < 1
+    with pytest.raises(ConfigError, match="popular classes and of the others"):
+        energy_gap_terms(z[:50], y[:50], [0, 1])

@@ -208,7 +208,8 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
                                   "plain": lambda: plain(x1, 1)}, rounds=max(1, preset.runtime_rounds), warmup=1,
                                  clock=cfg.clock)
     n_ref = len(xs)
-    own = test.select(rt.paths)  # outcomes index the method's own paths
+    own = method.own_trace(test)  # outcomes index the method's own paths, at the costs its stages pay
+    own = own if own.paths == list(rt.paths) else own.select(list(rt.paths))
     forced_ran = method.simulate_forced(test, op.reference).ran[:n_ref]
     predicted = {"policy": predicted_seconds(own, outcome.ran[:n_ref], sb),
                  "forced": predicted_seconds(own, forced_ran, sb),

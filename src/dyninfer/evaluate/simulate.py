@@ -15,7 +15,7 @@ Every curve carries, per point, the paired disagreements with the reference path
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -214,3 +214,58 @@ def predicted_seconds(trace: Trace, ran: np.ndarray, batch_size: int, overhead_s
             if counts[p]:
                 total += float(c.time_per_batch(int(counts[p]))) * float(part[part[:, p] > 0, p].mean())
     return total + overhead_s_per_sample * ran.shape[0]
+
+
+def sweep_routed(score: np.ndarray, cost: tuple[float, float], *, quality: tuple[np.ndarray, np.ndarray] | None = None,
+                 metric: Callable[[np.ndarray], float] | None = None, grid: int = 40,
+                 label: str = "custom") -> Curve:
+    """Every operating point of a two-stage router on any task (regression, detection, classification).
+
+    The student keeps sample i when ``score[i] >= t``; the teacher answers the rest and each forwarded
+    sample pays both models. The quality of the mixed answers (higher is better: accuracy, minus the mean
+    absolute error, mAP) comes either from per-sample values or from a set-level metric:
+
+    Args:
+        score: (N,) the router's score on the student's output.
+        cost: per-sample cost of the student and of the teacher (FLOPs or seconds).
+        quality: (student, teacher), each (N,) per-sample quality (e.g. minus the absolute error); the sweep is
+            then exact, one point per distinct score (O(N log N)).
+        metric: ``metric(keep)`` -> quality of the answers when the student keeps the samples where ``keep``
+            (N,) bool is True (e.g. mAP over images); evaluated at ``grid`` score quantiles plus keep-all and
+            keep-none.
+        grid: quantiles of ``score`` for ``metric``.
+        label: the curve's label.
+
+    Returns:
+        a :class:`Curve`: settings (M, 1) thresholds, ``accuracy`` the quality, ``cost`` the mean cost, and extra
+        ``reach`` (M, 2) (share entering each stage).
+
+    Raises:
+        ConfigError: neither or both of ``quality`` and ``metric``, scores with NaN, or shapes that do not match.
+    """
+    s = np.asarray(score, np.float64).reshape(-1)
+    if (quality is None) == (metric is None):
+        raise ConfigError("sweep_routed needs exactly one of quality= (per-sample) and metric= (set-level)")
+    if s.size == 0 or not np.isfinite(s[~np.isinf(s)]).all():
+        raise ConfigError(f"router scores must be a non-empty array without NaN, got {s.size} values")
+    c0, c1 = float(cost[0]), float(cost[1])
+    if quality is not None:
+        q0, q1 = (np.asarray(q, np.float64).reshape(-1) for q in quality)
+        if q0.shape != s.shape or q1.shape != s.shape:
+            raise ConfigError(f"quality arrays of shapes {q0.shape}, {q1.shape} do not match {s.size} scores")
+        t = _cuts(s)
+        s32 = s.astype(np.float32)
+        order = np.argsort(s32, kind="stable")
+        n_fwd = np.searchsorted(s32[order], t.astype(np.float32), side="left")  # score < t goes on
+        cq0 = np.concatenate([[0.0], np.cumsum(q0[order])])
+        cq1 = np.concatenate([[0.0], np.cumsum(q1[order])])
+        qual = (cq1[n_fwd] + cq0[-1] - cq0[n_fwd]) / s.size
+    else:
+        t = float32_grid(np.concatenate([[-np.inf], np.quantile(s[np.isfinite(s)], np.linspace(0, 1, grid)),
+                                         [np.inf]]))
+        s32 = s.astype(np.float32)
+        keeps = [s32 >= np.float32(v) for v in t]
+        n_fwd = np.array([int((~k).sum()) for k in keeps])
+        qual = np.array([float(metric(k)) for k in keeps])
+    share = n_fwd / s.size
+    return Curve(label, t[:, None], qual, c0 + share * c1, {"reach": np.stack([np.ones_like(share), share], 1)})

@@ -100,6 +100,11 @@ class Method:
         """Extra ``fit`` arguments the pipeline takes from the path set (default: none)."""
         return {}
 
+    def own_trace(self, trace: Trace) -> Trace:
+        """The trace over the paths this policy runs, with the costs its stages pay (default: ``trace``; a
+        cascade's chain, an early exit's answering exits); outcomes index its paths."""
+        return trace
+
     # ------------------------------------------------------------------ shared
     def check_fitted(self) -> None:
         """Raise :class:`NotFittedError` unless ``fit`` or ``load`` ran."""

@@ -151,6 +151,10 @@ class Cascade(Method):
         return _select(trace, self.stages_ if chain is None else chain)
 
     # ------------------------------------------------------------------ protocol
+    def own_trace(self, trace: Trace) -> Trace:
+        self.check_fitted()
+        return self._chain(trace)
+
     def check_knob(self, value: Any) -> tuple[float, ...]:
         self._check_stages()
         return as_thresholds(value, len(self.stages_) - 1)

@@ -137,4 +137,37 @@ def energy_gap(logits: torch.Tensor | np.ndarray, labels: np.ndarray | torch.Ten
             "auroc": float(auroc), "n_in": int(fi.size), "n_out": int(fo.size)}
 
 
-__all__ = ["SpecialisedCascade", "energy_gap", "free_energy", "pool_classes"]
+def energy_gap_terms(logits: torch.Tensor | np.ndarray, labels: np.ndarray | torch.Tensor,
+                     classes: Sequence[int]) -> dict:
+    """Supplementary 5.7, eq. (28)-(29): a general student's free energy split as F = -S_y + F̂ (y the true label,
+    F̂ = -log(1 + sum_{i != y} exp(S_i - S_y))), averaged over in-subset and out-of-subset samples.
+
+    The two terms move in opposite directions between in and out samples (a confident true logit lowers -S_y and
+    raises F̂), so their changes partly cancel in the general student's gap; the specialised student's F̄ has no
+    such cancellation. Returns the mean of each term in and out, the change of each (out - in) and of F, and
+    ``cancelled``: the share of the larger term change that the other term cancels (0: none, 1: all).
+
+    Raises:
+        ConfigError: no in-subset or no out-of-subset samples.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.long)
+    cls = check_classes(list(classes), z.shape[-1])
+    inside = np.isin(y.numpy(), cls)
+    if inside.all() or not inside.any():
+        raise ConfigError("the energy gap needs samples of the popular classes and of the others")
+    s_y = z.gather(1, y[:, None])[:, 0]
+    f = -torch.logsumexp(z, 1)
+    f_hat = f + s_y  # F̂ = F + S_y
+    parts = {"minus_s_y": (-s_y).numpy(), "f_hat": f_hat.numpy(), "f": f.numpy()}
+    out = {}
+    for k, v in parts.items():
+        out[k] = {"mean_in": float(v[inside].mean()), "mean_out": float(v[~inside].mean()),
+                  "change": float(v[~inside].mean() - v[inside].mean())}
+    a, b = out["minus_s_y"]["change"], out["f_hat"]["change"]
+    big = max(abs(a), abs(b))
+    out["cancelled"] = float(min(abs(a), abs(b)) / big) if big > 0 and a * b < 0 else 0.0
+    return out
+
+
+__all__ = ["SpecialisedCascade", "energy_gap", "energy_gap_terms", "free_energy", "pool_classes"]

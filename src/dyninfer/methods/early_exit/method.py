@@ -4,11 +4,17 @@ The exits of one network are the paths of a staged path set (:class:`~dyninfer.p
 a path's cost is the incremental cost of its exit (segment p plus head p), and a sample leaving at
 exit p pays the sum up to p — the shared sequential simulation and runtime. The knob is one
 threshold per exit but the last; ``fit`` chooses one uniform threshold with the shared guarantee.
+
+``exits`` lets only some exits answer: the others' heads do not run, their segments do (an answering exit's
+stage is then the segments since the previous answering exit plus its head). ``exits=[first, last]`` with the
+``energy`` score is EBJR's cascade inside one network (supplementary 5.3): the first exit is the student, the
+last the teacher, routed by the free energy.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +28,8 @@ from ...evaluate.simulate import (float32_grid, oracle, simulate_forced, simulat
                                   sweep_sequential)
 from ...paths import StagedNetwork
 from ...runtime.base import as_thresholds
-from ...runtime.sequential import SequentialRuntime
+from ...runtime.cost import LatencyStats, PathCost
+from ...runtime.sequential import SequentialRuntime, Stage
 from ...scores import make_score
 from ...trace import Trace
 from ..base import Method, register_method
@@ -52,22 +59,30 @@ class EarlyExit(Method):
         confidence: probability that the loss stays within ``tolerance`` (the shared guarantee).
         bound: p-values of the guarantee, ``clt`` or ``wsr``.
         grid: candidate uniform thresholds (quantiles of the exit scores on calibration).
+        exits: the exits that may answer, in network order, ending at the last (None: every exit); the heads of
+            the others do not run. ``[first, last]`` with ``score="energy"``: a cascade inside one network.
 
-    Fitted attributes: ``score_``, ``knob_`` (P-1 thresholds), ``thresholds_grid_``, ``operating_point_``,
-    ``calib_curve_``, ``exits_``, ``flops_``, ``skip_flops_``.
+    Fitted attributes: ``score_``, ``knob_`` (one threshold per answering exit but the last), ``thresholds_grid_``,
+    ``operating_point_``, ``calib_curve_``, ``exits_`` (the answering exits), ``network_exits_`` (every exit of
+    the network), ``flops_``, ``skip_flops_`` (per answering exit, skipped exits' segments included).
     """
 
     path_kind = "staged"
     knob_direction = 1
 
     def __init__(self, *, score: str = "max_softmax", score_params: Mapping[str, Any] | None = None,
-                 tolerance: float = 0.01, confidence: float = 0.95, bound: str = "clt", grid: int = 200) -> None:
+                 tolerance: float = 0.01, confidence: float = 0.95, bound: str = "clt", grid: int = 200,
+                 exits: Sequence[str] | None = None) -> None:
         self.score = score
         self.score_params = score_params
         self.tolerance = tolerance
         self.confidence = confidence
         self.bound = bound
         self.grid = grid
+        self.exits = exits
+        if exits is not None and (not isinstance(exits, (list, tuple)) or len(exits) < 2
+                                  or not all(isinstance(e, str) for e in exits) or len(set(exits)) != len(exits)):
+            raise ConfigError(f"exits must be 2 or more distinct exit names in network order, got {exits!r}")
         make_score(score, **dict(score_params or {}))  # unknown score or bad settings fail here
         if score == "random":
             raise ConfigError("the random score cannot drive exits; use max_softmax, margin, entropy or energy")
@@ -81,10 +96,12 @@ class EarlyExit(Method):
         if len(calib.paths) < 2:
             raise TraceError(f"early exits need at least two exits; the trace has {calib.paths}")
         self.score_ = make_score(self.score, **dict(self.score_params or {}))
+        self.network_exits_ = list(calib.paths)
+        self.exits_ = list(self.exits) if self.exits is not None else list(calib.paths)
+        calib = self._trace(calib)
         s = stage_scores(calib, self.score_)  # (P-1, N)
         self.thresholds_grid_ = float32_grid(np.concatenate([[-np.inf], np.quantile(s, np.linspace(0, 1, self.grid)),
                                                              [np.inf]]))
-        self.exits_ = list(calib.paths)
         self.flops_ = [float(c.flops) for c in calib.costs]
         self.skip_flops_ = [float(c.skip_flops) for c in calib.costs]
         self.calib_curve_ = sweep_sequential(calib, self.score_, uniform=self.thresholds_grid_, label=self.score,
@@ -103,9 +120,17 @@ class EarlyExit(Method):
         return simulate_forced(self._trace(trace), self.exits_.index(path), sequential=True)
 
     def _trace(self, trace: Trace) -> Trace:
-        if list(trace.paths) != self.exits_:
-            raise TraceError(f"trace paths {trace.paths} are not this policy's exits {self.exits_}")
-        return trace
+        """The trace over the answering exits, each costing what its stage runs (see the module doc)."""
+        if list(trace.paths) == self.exits_:
+            return trace
+        if list(trace.paths) != self.network_exits_:
+            raise TraceError(f"trace paths {trace.paths} are not this policy's network's exits {self.network_exits_}")
+        idx = _answering(self.network_exits_, self.exits_)
+        return trace.select(self.exits_).with_costs(_merged_costs(trace.costs, idx))
+
+    def own_trace(self, trace: Trace) -> Trace:
+        self.check_fitted()
+        return self._trace(trace)
 
     def simulate(self, trace: Trace, knob: Any = None) -> Outcome:
         """What the policy does on ``trace`` at ``knob`` (one threshold or P-1; default: the fitted ones)."""
@@ -126,24 +151,66 @@ class EarlyExit(Method):
         self.check_fitted()
         if not isinstance(paths, StagedNetwork):
             raise ConfigError(f"early exits run on a staged network, got {type(paths).__name__}")
-        if paths.names != self.exits_:
-            raise ConfigError(f"the network's exits {paths.names} are not this policy's {self.exits_}")
+        if paths.names != self.network_exits_:
+            raise ConfigError(f"the network's exits {paths.names} are not this policy's {self.network_exits_}")
         if device is not None:
             paths.to(device)
-        return self._start(SequentialRuntime(paths.stages(), self.score_, self.knob_, paths=self.exits_,
+        stages, idx, prev = paths.stages(), _answering(self.network_exits_, self.exits_), -1
+        merged = []
+        for q in idx:  # an answering exit's stage: the segments since the previous answering exit, then its head
+            adv = [stages[j].advance for j in range(prev + 1, q + 1)]
+            merged.append(Stage(head=stages[q].head, advance=adv[0] if len(adv) == 1 else torch.nn.Sequential(*adv)))
+            prev = q
+        return self._start(SequentialRuntime(merged, self.score_, self.knob_, paths=self.exits_,
                                              stage_flops=self.flops_, skip_flops=self.skip_flops_,
                                              input_shape=paths.input_shape, device=device or paths.device))
 
     def _state(self) -> tuple[dict, dict]:
         state, tensors = super()._state()
-        state.update({"exits_": self.exits_, "flops_": self.flops_, "skip_flops_": self.skip_flops_,
+        state.update({"exits_": self.exits_, "network_exits_": self.network_exits_, "flops_": self.flops_, "skip_flops_": self.skip_flops_,
                       "thresholds_grid_": self.thresholds_grid_})
         return state, tensors
 
     def _set_state(self, state: dict, tensors: dict) -> None:
         self.exits_ = list(state["exits_"])
+        self.network_exits_ = list(state.get("network_exits_", state["exits_"]))
         self.flops_ = [float(v) for v in state["flops_"]]
         self.skip_flops_ = [float(v) for v in state["skip_flops_"]]
         self.thresholds_grid_ = np.asarray([float(v) for v in state["thresholds_grid_"]])
         self.score_ = make_score(self.score, **dict(self.score_params or {}))
         super()._set_state(state, tensors)
+
+
+def _answering(names: Sequence[str], exits: Sequence[str]) -> list[int]:
+    """Indices of ``exits`` among the network's exit ``names``; they must be in order and end at the last."""
+    unknown = [e for e in exits if e not in names]
+    if unknown:
+        raise ConfigError(f"unknown exits {unknown}; the network's exits are {list(names)}")
+    idx = [list(names).index(e) for e in exits]
+    if idx != sorted(idx) or idx[-1] != len(names) - 1:
+        raise ConfigError(f"exits {list(exits)} must follow the network's order {list(names)} and end at its last "
+                          f"exit {names[-1]!r} (the reference)")
+    return idx
+
+
+def _merged_costs(costs: Sequence[PathCost], idx: Sequence[int]) -> list[PathCost]:
+    """Per answering exit: FLOPs of the skipped exits' segments plus its own stage; latency the sum of the exits'
+    measured stage times (their heads included: an upper bound, used only by predicted times)."""
+    out, prev = [], -1
+    for q in idx:
+        skipped = costs[prev + 1:q]
+        seg = sum(c.skip_flops for c in skipped)
+        lat = {}
+        if all(c.latency for c in costs[prev + 1:q + 1]):
+            for b in costs[q].latency:
+                parts = [c.latency[b] for c in costs[prev + 1:q + 1] if b in c.latency]
+                if len(parts) == q - prev:
+                    lat[b] = LatencyStats(b, *(sum(getattr(p, f) for p in parts) for f in
+                                               ("median_s", "p25_s", "p75_s", "mean_s")),
+                                          float(np.sqrt(sum(p.std_s ** 2 for p in parts))), min(p.repeats for p in parts))
+        out.append(dataclasses.replace(costs[q], flops=int(seg + costs[q].flops), skip_flops=int(seg + costs[q].skip_flops),
+                                       params=sum(c.params for c in costs[prev + 1:q + 1]),
+                                       bytes=sum(c.bytes for c in costs[prev + 1:q + 1]), latency=lat,
+                                       energy_j_per_sample=sum(c.energy_j_per_sample for c in costs[prev + 1:q + 1])))
+        prev = q
+    return out
