@@ -2,6 +2,7 @@
 
 from .method import ROUTERS, Cascade, chains
 from .specialised import SpecialisedCascade  # noqa: E402  (registers cascade-specialised)
+from .regression import RegressionCascade, RegressionOutputs  # noqa: E402  (EBJR for regression, section 2.2)
 from . import figures  # noqa: E402,F401  (registers the cascade's own figures)
 
-__all__ = ["Cascade", "ROUTERS", "SpecialisedCascade", "chains"]
+__all__ = ["Cascade", "ROUTERS", "RegressionCascade", "RegressionOutputs", "SpecialisedCascade", "chains"]

@@ -1,0 +1,267 @@
+"""EBJR for object detection (paper section 2.3, eq. 14): a small detector answers an image when -F^o >= t,
+else the large detector answers it.
+
+Both detectors' per-image detections on a split are recorded once (:func:`record_pair`); every operating point
+is then evaluated by merging the cached lists and scoring them with torchmetrics' ``MeanAveragePrecision``
+(COCO mAP@[.5:.95], pycocotools backend). The sweep is the shared
+:func:`dyninfer.evaluate.simulate.sweep_routed`. :meth:`DetectionCascade.runtime` executes the policy for real
+on a batch: the student on every image, the teacher only on the images it forwards; for the same threshold its
+detections equal :meth:`DetectionCascade.simulate`'s.
+
+Routers: ``energy`` (-F^o of :mod:`dyninfer.models.detection`), ``confidence`` (mean score of the same B boxes,
+the baseline) and ``random`` (a seeded uniform score per image, in image order: the same draw for a split in
+:meth:`simulate` and for a batch holding that split in the runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...check import choice, number
+from ...errors import ConfigError, NotFittedError, TraceError
+from ...evaluate.frontier import Curve
+from ...evaluate.simulate import sweep_routed
+from ...io import write_json
+from ...models.detection import DetectionOutput, Detector, record_detections
+
+ROUTER_NAMES = ("energy", "confidence", "random")
+FILE = "detection-cascade.json"
+
+
+def mean_average_precision(preds: list[dict], targets: list[dict], *, backend: str = "pycocotools") -> dict[str, float]:
+    """COCO box mAP from torchmetrics' ``MeanAveragePrecision`` (imported here: the ``detection`` extra).
+
+    Args:
+        preds: per image ``{"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}`` (D may be 0).
+        targets: per image ``{"boxes" (K, 4) xyxy, "labels" (K,)}`` (K may be 0).
+
+    Returns:
+        {"map", "map_50", "map_75"} (-1 where no image has a ground-truth box).
+    """
+    try:
+        from torchmetrics.detection import MeanAveragePrecision
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ConfigError("mAP needs torchmetrics and pycocotools: pip install 'dyninfer[detection]'") from e
+    if len(preds) != len(targets):
+        raise TraceError(f"{len(preds)} predictions for {len(targets)} images")
+    m = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
+    m.update(preds, targets)
+    r = m.compute()
+    return {k: float(r[k]) for k in ("map", "map_50", "map_75")}
+
+
+@dataclass
+class DetectionRecord:
+    """Both detectors' outputs on one split, recorded once.
+
+    Attributes:
+        student, teacher: decoded outputs on the same N images (the student's with its free energy).
+        targets: per image ``{"boxes", "labels"}``.
+        flops: FLOPs per image of the student and of the teacher (forward pass, FlopCounterMode).
+    """
+
+    student: DetectionOutput
+    teacher: DetectionOutput
+    targets: list[dict]
+    flops: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        n = len(self.targets)
+        if len(self.student) != n or len(self.teacher) != n:
+            raise TraceError(f"record holds {len(self.student)} student and {len(self.teacher)} teacher outputs for "
+                             f"{n} images; record both detectors on the same split")
+        self._memo: dict[bytes, dict] = {}
+
+    @property
+    def n(self) -> int:
+        return len(self.targets)
+
+    def mixture(self, keep: np.ndarray) -> list[dict]:
+        """Per image: the student's detections where ``keep``, else the teacher's."""
+        keep = np.asarray(keep, bool)
+        return [s if k else t for s, t, k in zip(self.student.detections, self.teacher.detections, keep)]
+
+    def metrics(self, keep: np.ndarray, backend: str = "pycocotools") -> dict[str, float]:
+        """mAP figures of :meth:`mixture` (memoised per ``keep``)."""
+        keep = np.asarray(keep, bool)
+        key = np.packbits(keep).tobytes() + backend.encode()
+        if key not in self._memo:
+            self._memo[key] = mean_average_precision(self.mixture(keep), self.targets, backend=backend)
+        return self._memo[key]
+
+
+def record_pair(student: Detector, teacher: Detector, images: torch.Tensor, targets: list[dict], *,
+                batch_size: int = 64, **decode_kwargs) -> DetectionRecord:
+    """Record both detectors on ``images`` (N, 1, S, S) with their FLOPs per image."""
+    from ...runtime.cost import count_flops
+
+    shape = tuple(images.shape[1:])
+    return DetectionRecord(record_detections(student, images, batch_size=batch_size, **decode_kwargs),
+                           record_detections(teacher, images, batch_size=batch_size, energy=False, **decode_kwargs),
+                           targets, (float(count_flops(student, shape)), float(count_flops(teacher, shape))))
+
+
+def router_score(router: str, out: DetectionOutput, seed: int = 0) -> np.ndarray:
+    """(N,) float32 score of ``router`` on the student's output (higher: keep the student's answer)."""
+    choice("router", router, ROUTER_NAMES)
+    if router == "energy":
+        return out.neg_energy.numpy().astype(np.float32)
+    if router == "confidence":
+        return out.confidence.numpy().astype(np.float32)
+    return np.random.default_rng(seed).random(len(out)).astype(np.float32)
+
+
+@dataclass
+class DetectionOutcome:
+    """What the policy does on a record at one threshold."""
+
+    threshold: float
+    keep: np.ndarray          # (N,) bool: the student answered
+    detections: list[dict]
+    map: float
+    map_50: float
+    share_forwarded: float
+    mean_flops: float
+
+
+@dataclass
+class RoutedDetections:
+    """What the runtime returns for a batch: per-image detections, who answered, and the router's score."""
+
+    detections: list[dict]
+    keep: torch.Tensor        # (N,) bool
+    score: torch.Tensor       # (N,) float32
+
+
+class DetectionRuntime:
+    """Executes the policy on a batch: the student on every image, the teacher only on the forwarded ones."""
+
+    def __init__(self, student: Detector, teacher: Detector, *, threshold: float, router: str, seed: int,
+                 decode_kwargs: dict) -> None:
+        self.student, self.teacher = student.eval(), teacher.eval()
+        self.threshold = np.float32(threshold)
+        self.router, self.seed, self.decode_kwargs = router, seed, dict(decode_kwargs)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> RoutedDetections:
+        out = self.student.detect(images, **self.decode_kwargs)
+        score = torch.from_numpy(router_score(self.router, out, self.seed))
+        keep = score >= torch.tensor(self.threshold)
+        dets = list(out.detections)
+        fwd = (~keep).nonzero().squeeze(1)
+        if fwd.numel():
+            t = self.teacher.detect(images[fwd], energy=False, **self.decode_kwargs)
+            for i, d in zip(fwd.tolist(), t.detections):
+                dets[i] = d
+        return RoutedDetections(dets, keep, score)
+
+
+class DetectionCascade:
+    """Two-stage detection cascade with an energy, confidence or random router (EBJR eq. 14).
+
+    Args:
+        router: ``energy`` | ``confidence`` | ``random``.
+        tolerance: relative mAP the calibrated point may lose: the cheapest threshold whose calibration mAP is at
+            least the teacher's calibration mAP times (1 - tolerance).
+        seed: seed of the ``random`` router.
+        grid: score quantiles the sweep evaluates (plus keep-all and keep-none).
+        backend: torchmetrics' COCO backend (``pycocotools`` or ``faster_coco_eval``).
+    """
+
+    def __init__(self, *, router: str = "energy", tolerance: float = 0.03, seed: int = 0, grid: int = 20,
+                 backend: str = "pycocotools") -> None:
+        choice("router", router, ROUTER_NAMES)
+        number("tolerance", tolerance, lo=0, hi=1, hi_open=True)
+        number("seed", seed, integer=True)
+        number("grid", grid, lo=2, integer=True)
+        choice("backend", backend, ("pycocotools", "faster_coco_eval"))
+        self.router, self.tolerance, self.seed, self.grid, self.backend = router, tolerance, seed, grid, backend
+
+    # ------------------------------------------------------------------------------------ trace side
+
+    def score(self, record: DetectionRecord) -> np.ndarray:
+        return router_score(self.router, record.student, self.seed)
+
+    def curve(self, record: DetectionRecord, grid: int | None = None) -> Curve:
+        """mAP against mean FLOPs at ``grid`` (default: the cascade's) score quantiles plus keep-all and keep-none;
+        extra ``map_50`` and ``reach`` (share entering each stage)."""
+        number("grid", grid, lo=2, integer=True, none_ok=True)
+        cv = sweep_routed(self.score(record), record.flops, metric=lambda keep: record.metrics(keep, self.backend)["map"],
+                          grid=grid or self.grid, label=self.router)
+        s32 = self.score(record)
+        cv.extra["map_50"] = np.array([record.metrics(s32 >= np.float32(t), self.backend)["map_50"]
+                                       for t in cv.settings[:, 0]])
+        return cv
+
+    def fit(self, calib: DetectionRecord) -> "DetectionCascade":
+        """Choose the threshold on calibration images: the cheapest point within ``tolerance`` of the teacher's mAP."""
+        cv = self.curve(calib)
+        teacher = calib.metrics(np.zeros(calib.n, bool), self.backend)["map"]
+        i = cv.cheapest_at(teacher * (1 - self.tolerance))
+        if i is None:  # keep-none is the teacher itself, so this cannot happen unless the metric is broken
+            raise TraceError("no threshold reaches the target on calibration images, not even the teacher alone")
+        self.threshold_ = float(cv.settings[i, 0])
+        self.teacher_calib_map_ = float(teacher)
+        self.calib_map_ = float(cv.accuracy[i])
+        self.calib_share_forwarded_ = float(cv.extra["reach"][i, 1])
+        self.calib_mean_flops_ = float(cv.cost[i])
+        return self
+
+    def _threshold(self, knob) -> float:
+        if knob is not None:
+            return float(knob)
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError("DetectionCascade has no threshold: call fit(calib_record) or load(folder) first, "
+                                 "or pass knob=")
+        return self.threshold_
+
+    def simulate(self, record: DetectionRecord, knob: float | None = None) -> DetectionOutcome:
+        """The policy on a record at threshold ``knob`` (default: the fitted one)."""
+        t = self._threshold(knob)
+        keep = self.score(record) >= np.float32(t)
+        m = record.metrics(keep, self.backend)
+        share = float((~keep).mean())
+        return DetectionOutcome(t, keep, record.mixture(keep), m["map"], m["map_50"], share,
+                                record.flops[0] + share * record.flops[1])
+
+    # ------------------------------------------------------------------------------------ runtime
+
+    def runtime(self, student: Detector, teacher: Detector, knob: float | None = None, **decode_kwargs) -> DetectionRuntime:
+        """A callable on a batch of images (N, 1, S, S) -> :class:`RoutedDetections`, at ``knob`` (default: fitted)."""
+        return DetectionRuntime(student, teacher, threshold=self._threshold(knob), router=self.router, seed=self.seed,
+                                decode_kwargs=decode_kwargs)
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write settings and fitted state to ``folder/detection-cascade.json``."""
+        t = self._threshold(None)
+        state = {"format": "dyninfer-detection-cascade-1",
+                 "settings": {"router": self.router, "tolerance": self.tolerance, "seed": self.seed,
+                              "grid": self.grid, "backend": self.backend},
+                 "fitted": {"threshold_": t if np.isfinite(t) else ("inf" if t > 0 else "-inf"),
+                            **{k: getattr(self, k) for k in ("teacher_calib_map_", "calib_map_",
+                                                            "calib_share_forwarded_", "calib_mean_flops_")
+                               if hasattr(self, k)}}}
+        path = Path(folder) / FILE
+        write_json(path, state)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "DetectionCascade":
+        path = Path(folder) / FILE
+        try:
+            state = json.loads(path.read_text())
+            obj = cls(**state["settings"])
+            for k, v in state["fitted"].items():
+                setattr(obj, k, float(v))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TraceError(f"cannot load a detection cascade from {path} ({type(e).__name__}: {e}); "
+                             f"fit and save it again") from e
+        return obj
