@@ -250,7 +250,7 @@ def test_statistics_inputs(call, message):
 
 def test_methods_on_wrong_traces(digits_prepared, digits_staged):
     ee = EarlyExit().fit(digits_staged.calib)
-    with pytest.raises(TraceError, match="not this policy's exits"):
+    with pytest.raises(TraceError, match="not this policy's network's exits"):
         ee.simulate(digits_prepared.test)
     with pytest.raises(ConfigError, match="staged network"):
         ee.runtime(digits_prepared.paths)

@@ -156,7 +156,7 @@ def test_threshold_knob_forced_exits_and_force(revcol, digits):
     assert np.allclose(r.flops, count_flops(revcol, revcol.input_shape))
     with pytest.raises(ConfigError):
         rt.knob = [0.5]
-    with pytest.raises(TraceError, match="not this policy's exits"):
+    with pytest.raises(TraceError, match="not this policy's network's exits"):
         EarlyExit().fit(calib.select(calib.paths[:2])).simulate(calib)
 
 
