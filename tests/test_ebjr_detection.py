@@ -184,3 +184,15 @@ def test_detector_cache_reused(canvases, tmp_path):
     m2, meta = cached_detector(cfg, canvases, rec, root=tmp_path, log=logs.append)
     assert any(s.startswith("[cache]") for s in logs) and Path(meta["checkpoint"]).exists()
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_count_router_orders_by_boxes_then_energy():
+    """Fewer confident boxes keep first; among images with as many boxes, the higher -F^o keeps first."""
+    from dyninfer.methods.cascade.detection import router_score
+    from dyninfer.models.detection import DetectionOutput
+
+    e = torch.tensor([9.0, 3.0, 12.0, 5.0])
+    n_boxes = torch.tensor([2, 0, 2, 4])
+    out = DetectionOutput([{}] * 4, e, e, torch.zeros(4), torch.zeros(4), n_boxes)
+    s = router_score("count", out)
+    assert list(np.argsort(-s)) == [1, 2, 0, 3]

@@ -81,9 +81,11 @@ def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, 
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def load_cached(path: Path, model_name: str, *, device, log, what: str = "") -> tuple[nn.Module, dict] | None:
+def load_cached(path: Path, model_name: str, *, device, log, what: str = "",
+                describe: Callable[[dict], str] | None = None) -> tuple[nn.Module, dict] | None:
     """A cached checkpoint of ``model_name`` at ``path`` with its metadata (naming the file under ``checkpoint``),
-    or None when there is none or it is corrupt (reported through ``log``: the caller retrains)."""
+    or None when there is none or it is corrupt (reported through ``log``: the caller retrains). ``describe``
+    turns the metadata into the log line's figure (default: the test accuracy)."""
     if not path.exists():
         return None
     try:
@@ -91,7 +93,8 @@ def load_cached(path: Path, model_name: str, *, device, log, what: str = "") -> 
     except CheckpointError as e:
         log(f"[cache] {e}; retraining")
         return None
-    log(f"[cache] {model_name}{what}: {path} (test acc {meta.get('test_accuracy', float('nan')):.4f})")
+    figure = describe(meta) if describe is not None else f"test acc {meta.get('test_accuracy', float('nan')):.4f}"
+    log(f"[cache] {model_name}{what}: {path} ({figure})")
     return model, {**meta, "checkpoint": str(path)}
 
 

@@ -28,11 +28,11 @@ from torch import nn
 from ..check import number
 from ..data.datasets import Dataset, Split
 from ..data.rotated import DEFAULT_MAX_ANGLE, check_targets, rotate, rotation_splits
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..io import cache_dir, versions
 from ..models.registry import create_model
 from ..models.regression import EnergyRegressor
-from .checkpoint import cache_key, load_checkpoint, save_checkpoint
+from .checkpoint import cache_key, load_cached, save_checkpoint
 from .recipe import Recipe
 from .trainer import augment_batch, model_device
 
@@ -156,13 +156,10 @@ def fit_regressor(base: str, data: Dataset, recipe: Recipe, *, max_angle: float 
     task = {"task": "rotation", "max_angle": float(max_angle), "energy_samples": int(energy_samples)}
     key = cache_key(MODEL, kwargs, data, {**recipe.to_dict(), **task}, seed)
     path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{MODEL}-{base}-{key}.pt"
-    if path.exists():
-        try:
-            model, meta = load_checkpoint(path, expect_model=MODEL, map_location=device)
-            log(f"[cache] {MODEL} ({base}): {path} (test MAE {meta.get('test_mae', float('nan')):.2f} deg)")
-            return model, {**meta, "checkpoint": str(path)}  # type: ignore[return-value]
-        except CheckpointError as e:
-            log(f"[cache] {e}; retraining")
+    cached = load_cached(path, MODEL, device=device, log=log, what=f" ({base})",
+                         describe=lambda m: f"test MAE {m.get('test_mae', float('nan')):.2f} deg")
+    if cached is not None:
+        return cached  # type: ignore[return-value]
     torch.manual_seed(seed)
     model = create_model(MODEL, data.spec, **kwargs)
     res = train_regressor(model, data.train, recipe, max_angle=max_angle, energy_samples=energy_samples, seed=seed,

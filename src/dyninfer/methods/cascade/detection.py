@@ -9,7 +9,8 @@ on a batch: the student on every image, the teacher only on the images it forwar
 detections equal :meth:`DetectionCascade.simulate`'s.
 
 Routers: ``energy`` (-F^o of :mod:`dyninfer.models.detection`), ``confidence`` (mean score of the same B boxes,
-the baseline) and ``random`` (a seeded uniform score per image, in image order: the same draw for a split in
+the baseline), ``count`` (fewer confident boxes keep: a crowded image is a hard one; equal counts are ordered by
+-F^o) and ``random`` (a seeded uniform score per image, in image order: the same draw for a split in
 :meth:`simulate` and for a batch holding that split in the runtime).
 """
 
@@ -24,13 +25,15 @@ import numpy as np
 import torch
 
 from ...check import choice, number
-from ...errors import ConfigError, NotFittedError, TraceError
+from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.simulate import sweep_routed
 from ...io import write_json
+from .routed import RoutedCascade
 from ...models.detection import DetectionOutput, Detector, record_detections
 
-ROUTER_NAMES = ("energy", "confidence", "random")
+ROUTER_NAMES = ("energy", "confidence", "count", "random")
+COUNT_STEP = 1000.0  # -B * COUNT_STEP + (-F^o): the count decides, -F^o (|-F^o| << COUNT_STEP) breaks ties
 FILE = "detection-cascade.json"
 
 
@@ -114,6 +117,8 @@ def router_score(router: str, out: DetectionOutput, seed: int = 0) -> np.ndarray
         return out.neg_energy.numpy().astype(np.float32)
     if router == "confidence":
         return out.confidence.numpy().astype(np.float32)
+    if router == "count":
+        return (-COUNT_STEP * out.n_boxes.double() + out.neg_energy.double()).numpy().astype(np.float32)
     return np.random.default_rng(seed).random(len(out)).astype(np.float32)
 
 
@@ -162,11 +167,11 @@ class DetectionRuntime:
         return RoutedDetections(dets, keep, score)
 
 
-class DetectionCascade:
-    """Two-stage detection cascade with an energy, confidence or random router (EBJR eq. 14).
+class DetectionCascade(RoutedCascade):
+    """Two-stage detection cascade with an energy, confidence, count or random router (EBJR eq. 14).
 
     Args:
-        router: ``energy`` | ``confidence`` | ``random``.
+        router: ``energy`` | ``confidence`` | ``count`` | ``random``.
         tolerance: relative mAP the calibrated point may lose: the cheapest threshold whose calibration mAP is at
             least the teacher's calibration mAP times (1 - tolerance).
         seed: seed of the ``random`` router.
@@ -212,14 +217,6 @@ class DetectionCascade:
         self.calib_share_forwarded_ = float(cv.extra["reach"][i, 1])
         self.calib_mean_flops_ = float(cv.cost[i])
         return self
-
-    def _threshold(self, knob) -> float:
-        if knob is not None:
-            return float(knob)
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("DetectionCascade has no threshold: call fit(calib_record) or load(folder) first, "
-                                 "or pass knob=")
-        return self.threshold_
 
     def simulate(self, record: DetectionRecord, knob: float | None = None) -> DetectionOutcome:
         """The policy on a record at threshold ``knob`` (default: the fitted one)."""

@@ -30,10 +30,11 @@ from torch import nn
 from ...check import choice, number
 from ...data.datasets import Split
 from ...data.rotated import check_targets
-from ...errors import CheckpointError, ConfigError, InputError, NotFittedError
+from ...errors import CheckpointError, ConfigError, InputError
 from ...evaluate.frontier import Curve
 from ...evaluate.simulate import sweep_routed
 from ...io import write_json
+from .routed import RoutedCascade
 
 FORMAT = "dyninfer-regression-cascade-1"
 PREDICTION, ENERGY, LOGVAR = 0, 1, 2  # columns of a regressor's (N, 3) output
@@ -150,7 +151,7 @@ class RegressionOutcome:
         return float((self.answered_by == 0).mean())
 
 
-class RegressionCascade:
+class RegressionCascade(RoutedCascade):
     """A student and a teacher regressor with a router on the student's output.
 
     Args:
@@ -195,14 +196,6 @@ class RegressionCascade:
         self.calib_flops_ = float(c.cost[i])
         self.student_share_ = 1.0 - float(c.extra["reach"][i, 1])
         return self
-
-    def _threshold(self, knob: float | None) -> float:
-        if knob is not None:
-            return float(knob)
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("this RegressionCascade is not fitted; call fit(calib_outputs) or load(folder) first, "
-                                 "or pass a threshold as knob")
-        return self.threshold_
 
     def simulate(self, outputs: RegressionOutputs, knob: float | None = None) -> RegressionOutcome:
         """What the cascade does on recorded ``outputs`` at threshold ``knob`` (default: the fitted one)."""
