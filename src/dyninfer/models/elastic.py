@@ -14,6 +14,10 @@ Normalisations (:class:`ElasticNorm`):
 * ``gn`` — group norm with a group count that divides every channel count the layer can see, affine
   parameters sliced from the widest;
 * ``ln`` — layer norm over (C, H, W) (group norm with one group), affine parameters sliced.
+
+Elastic kernels (:class:`ElasticDepthwiseConv2d`): a depthwise convolution holds its largest kernel; a smaller
+kernel is the centre of the next larger one passed through a learned linear map (once-for-all's kernel
+transform matrices, initialised to the identity), chained from the largest size down.
 """
 
 from __future__ import annotations
@@ -110,6 +114,68 @@ class ElasticLinear(nn.Linear):
             m.weight.copy_(w)
             if b is not None:
                 m.bias.copy_(b)
+        return m.to(self.weight.device)
+
+
+class ElasticDepthwiseConv2d(nn.Module):
+    """A depthwise ``Conv2d`` ("same" padding, no bias) whose channels follow its input and whose kernel size is
+    settable.
+
+    The weight holds the largest kernel. Kernel ``k`` is made by walking down the sizes: the centre ``k' x k'`` of
+    the current kernel, flattened, times the learned ``k'^2 x k'^2`` matrix ``transforms[f"{K}to{k'}"]`` (shared by
+    every channel, initialised to the identity), until ``k' == k``. With identity matrices kernel ``k`` is the
+    centre of the largest.
+
+    Args:
+        channels: the widest channel count.
+        kernel_sizes: the odd kernel sizes it can run.
+        stride: stride of the convolution.
+    """
+
+    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5, 7), stride: int = 1) -> None:
+        super().__init__()
+        sizes = tuple(sorted(set(int(k) for k in kernel_sizes)))
+        if not sizes or any(k < 1 or k % 2 == 0 for k in sizes):
+            raise ConfigError(f"kernel sizes must be positive odd integers, got {tuple(kernel_sizes)}")
+        self.channels, self.kernel_sizes, self.stride = int(channels), sizes, int(stride)
+        self.max_kernel = sizes[-1]
+        self.weight = nn.Parameter(torch.empty(channels, 1, self.max_kernel, self.max_kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        # "7to5": 25x25, "5to3": 9x9, each mapping the flattened centre of the larger kernel to the smaller one
+        self.transforms = nn.ParameterDict({f"{big}to{small}": nn.Parameter(torch.eye(small * small))
+                                            for big, small in zip(sizes[1:], sizes[:-1])})
+        self.active_kernel = self.max_kernel
+
+    def set_active(self, kernel_size: int) -> None:
+        """Run kernel ``kernel_size`` (one of :attr:`kernel_sizes`)."""
+        if kernel_size not in self.kernel_sizes:
+            raise ConfigError(f"{type(self).__name__} has no kernel {kernel_size!r}; it takes {self.kernel_sizes}")
+        self.active_kernel = int(kernel_size)
+
+    def kernel(self, channels: int, kernel_size: int | None = None) -> torch.Tensor:
+        """(channels, 1, k, k) weights of the first ``channels`` channels at kernel ``k`` (default: the active)."""
+        k = self.active_kernel if kernel_size is None else kernel_size
+        if channels > self.channels:
+            raise InputError(f"{type(self).__name__} takes at most {self.channels} channels, got {channels}")
+        w = self.weight[:channels]  # (c, 1, K, K)
+        for big, small in zip(self.kernel_sizes[::-1], self.kernel_sizes[-2::-1]):
+            if big <= k:
+                break
+            s = (big - small) // 2
+            centre = w[:, :, s:s + small, s:s + small].reshape(channels, small * small)  # (c, small^2)
+            w = F.linear(centre, self.transforms[f"{big}to{small}"]).view(channels, 1, small, small)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, k = x.shape[1], self.active_kernel
+        return F.conv2d(x, self.kernel(c), None, self.stride, k // 2, 1, c)  # (B, c, H/s, W/s)
+
+    def static(self, channels: int) -> nn.Conv2d:
+        """A plain depthwise ``nn.Conv2d`` of ``channels`` at the active kernel, the transforms applied."""
+        k = self.active_kernel
+        m = nn.Conv2d(channels, channels, k, stride=self.stride, padding=k // 2, groups=channels, bias=False)
+        with torch.no_grad():
+            m.weight.copy_(self.kernel(channels))
         return m.to(self.weight.device)
 
 
