@@ -17,7 +17,11 @@ distinct architectures exactly.
 
 :class:`BigSmallSupernet` follows the once-for-all API (``set_active_subnet``, ``sample_active_subnet``,
 ``get_active_subnet``), so its subnets are paths of a :class:`~dyninfer.paths.SupernetPaths`
-(``SupernetPaths(net, net.pair_paths(pair))`` gives the paths ``little`` and ``big``).
+(``SupernetPaths(net, net.pair_paths(pair))`` gives the paths ``little`` and ``big``). For co-training
+(:mod:`dyninfer.train.bigsmall`) :meth:`BigSmallSupernet.forward_pair` runs both heads of a pair in one call
+(the stem and the stages both configurations share run once) and returns the little head's pooled features for
+the router (:mod:`dyninfer.models.bigsmall_router`); :meth:`BigSmallSupernet.flops` counts a subnet's FLOPs
+from its shapes.
 """
 
 from __future__ import annotations
@@ -333,9 +337,12 @@ class Head(nn.Module):
         super().__init__()
         self.conv, self.norm, self.act, self.fc = conv, norm, nn.ReLU6(), fc
 
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """The pooled features (B, F) the classifier reads."""
+        return self.act(self.norm(self.conv(h))).mean((2, 3))  # (B, F)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        f = self.act(self.norm(self.conv(h))).mean((2, 3))  # (B, F)
-        return self.fc(f)  # (B, K)
+        return self.fc(self.pool(h))  # (B, K)
 
 
 # ---------------------------------------------------------------------------------------- supernet
@@ -463,13 +470,58 @@ class BigSmallSupernet(nn.Module):
         """A little/big pair drawn uniformly (nothing is activated)."""
         return self.space.sample_pair(self.rng if rng is None else np.random.default_rng(rng))
 
+    def _run_stages(self, h: torch.Tensor, cfg: SubnetConfig, start: int = 0) -> torch.Tensor:
+        """Stages ``start..`` of the active subnet ``cfg`` on stage input ``h``."""
+        for s in range(start, len(cfg.stages)):
+            for layer in self.stages[s][:cfg.stages[s].depth]:
+                h = layer(h)
+        return h
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) of the active subnet (at its head) on images (B, C, H, W) in [0, 1]."""
+        return self.forward_pooled(x)[0]
+
+    def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), pooled head features (B, F)) of the active subnet on images (B, C, H, W)."""
+        h = self._run_stages(self.stem(self.normalize(x)), self.active)  # (B, C_L or C_N, h, w)
+        f = self.heads[self.active.head].pool(h)  # (B, F)
+        return self.heads[self.active.head].fc(f), f
+
+    def forward_pair(self, x: torch.Tensor, pair: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both heads of a little/big pair in one call: (little logits (B, K), big logits (B, K), the little
+        head's pooled features (B, F_little)).
+
+        The stem runs once, and so do the leading stages on which the two configurations agree (the big
+        path reuses the little's activations there). Leaves the pair's big subnet active.
+        """
+        pair = self.space.check_pair(pair)
         h = self.stem(self.normalize(x))  # (B, stem, H, W)
-        for s, st in enumerate(self.active.stages):
-            for layer in self.stages[s][:st.depth]:
-                h = layer(h)
-        return self.heads[self.active.head](h)
+        shared = next((s for s, (a, b) in enumerate(zip(pair.little.stages, pair.big.stages)) if a != b),
+                      len(pair.little.stages))
+        self.set_active_subnet(pair.little)
+        hs = self._run_stages(h, SubnetConfig("little", pair.little.stages[:shared]))  # the common prefix
+        hl = self._run_stages(hs, pair.little, start=shared)  # (B, C_L, h, w)
+        f = self.heads["little"].pool(hl)  # (B, F_little)
+        little = self.heads["little"].fc(f)  # (B, K)
+        self.set_active_subnet(pair.big)
+        big = self.heads["big"](self._run_stages(hs, pair.big, start=shared))  # (B, K)
+        return little, big, f
+
+    def flops(self, cfg: Any = None) -> int:
+        """FLOPs per image of subnet ``cfg`` (default: the active one) from its shapes, without running it:
+        2 per multiply-add of every convolution and the classifier, as :func:`~dyninfer.runtime.cost.count_flops`
+        counts them (equal to :meth:`subnet_flops`, much faster)."""
+        cfg = self.active if cfg is None else self.space.check_subnet(cfg)
+        (h, w), k_stem = self.input_shape[1:], self.stem[0].kernel_size[0]
+        total = 2 * self.input_shape[0] * self.stem_channels * k_stem * k_stem * h * w
+        for s, j, cin, hidden, out, st in self._layer_channels(cfg):
+            total += 2 * cin * hidden * h * w  # 1x1 expand
+            if j == 0:
+                h, w = (h - 1) // self.strides[s] + 1, (w - 1) // self.strides[s] + 1
+            total += 2 * hidden * st.kernel * st.kernel * h * w + 2 * hidden * out * h * w  # depthwise, 1x1 project
+        cin = scaled(self.channels[len(cfg.stages) - 1], cfg.stages[-1].width)
+        hd = self.heads[cfg.head]
+        return int(total + 2 * cin * hd.conv.out_channels * h * w + 2 * hd.fc.in_features * hd.fc.out_features)
 
     def get_active_subnet(self) -> "BigSmallSubnet":
         """A plain network of static layers (no elastic ones) with copies of the active subnet's weights: the

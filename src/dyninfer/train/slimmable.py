@@ -60,7 +60,7 @@ from ..models.elastic import WIDTHS, recalibrate_bn
 from ..registry import check_keys
 from .checkpoint import cache_key, cached_model, load_state, read_checkpoint, save_checkpoint
 from .recipe import Recipe
-from .trainer import accuracy
+from .trainer import accuracy, shuffled_batches
 
 
 @dataclass(frozen=True)
@@ -221,14 +221,6 @@ def gate_loss(det: torch.Tensor, logvar: torch.Tensor, largest: torch.Tensor, *,
 
 # ---------------------------------------------------------------------------------------- phases
 
-def _batches(split: Split, batch_size: int, g: torch.Generator):
-    perm = torch.randperm(len(split), generator=g)
-    for i in range(0, len(split) - 1, batch_size):  # a last batch of one sample would break batch norm
-        idx = perm[i:i + batch_size]
-        if idx.numel() > 1:
-            yield split.x[idx], split.y[idx]
-
-
 def _freeze(net: nn.Module, trainable: Sequence[nn.Module]) -> list[nn.Parameter]:
     for p in net.parameters():
         p.requires_grad_(False)
@@ -302,7 +294,7 @@ def _run_phase(name: str, student: AdaptaResNet, data: Split, params: list[nn.Pa
     for epoch in range(epochs):
         set_mode()
         n_steps = (len(data) + batch_size - 1) // batch_size
-        bar = tqdm(_batches(data, batch_size, g), total=n_steps, desc=f"{name} {epoch + 1}/{epochs}",
+        bar = tqdm(shuffled_batches(data, batch_size, g), total=n_steps, desc=f"{name} {epoch + 1}/{epochs}",
                    disable=not progress, leave=False, mininterval=1.0)
         for x, y in bar:
             loss = step(x, y)
@@ -371,7 +363,7 @@ def _run_baseline_epoch(name: str, student: AdaptaResNet, data: Split, t: Slimma
     g = torch.Generator().manual_seed(seed)
     student.train()
     loss_ema = float("nan")
-    bar = tqdm(_batches(data, t.batch_size, g), total=steps, desc=name, disable=not progress, leave=False,
+    bar = tqdm(shuffled_batches(data, t.batch_size, g), total=steps, desc=name, disable=not progress, leave=False,
                mininterval=1.0)
     for i, (x, y) in enumerate(bar):
         k = epoch * steps + i

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,16 @@ def augment_batch(x: torch.Tensor, shift: int, hflip: bool, g: torch.Generator) 
         idx_b = torch.arange(b).view(b, 1, 1)
         x = padded.permute(0, 2, 3, 1)[idx_b, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2)
     return x.contiguous()
+
+
+def shuffled_batches(split: Split, batch_size: int, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over ``split`` in batches (x (B, C, H, W), y (B,)); a last batch of a single sample is
+    dropped (it would break batch norm)."""
+    perm = torch.randperm(len(split), generator=g)
+    for i in range(0, len(split) - 1, batch_size):
+        idx = perm[i:i + batch_size]
+        if idx.numel() > 1:
+            yield split.x[idx], split.y[idx]
 
 
 @torch.inference_mode()
