@@ -203,3 +203,27 @@ def test_a_cascade_on_part_of_a_pool_is_timed_and_plotted_on_its_own_paths(digit
         for name, draw in section.plots.items():
             draw(tmp_path / name)
             assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_a_time_budget_maps_through_measured_latencies(digits_prepared):
+    """knob_for(budget_seconds=...) picks the most accurate calibration point whose predicted time fits the budget."""
+    from dyninfer.errors import ConfigError
+    from dyninfer.evaluate.simulate import curve_times
+    from dyninfer.methods.cascade import Cascade
+    from dyninfer.paths import measure_costs
+
+    calib, paths = digits_prepared.calib, digits_prepared.paths
+    costs = measure_costs(paths, calib.inputs()[:64], batches=(1, 16, 64), rounds=1, repeats=2, min_time_s=0.01,
+                          log=None)
+    timed = calib.with_costs(costs)
+    c = Cascade(tolerance=0.05).fit(calib)
+    t = curve_times(c.own_trace(timed), c.calib_curve_, 64)
+    budget = float(np.median(t))
+    knob = c.knob_for(budget_seconds=budget, costs_from=timed, batch=64)
+    j = int(np.flatnonzero(np.isclose(c.calib_curve_.settings[:, 0], knob[0]))[0])
+    assert t[j] <= budget * (1 + 1e-9)
+    assert c.calib_curve_.accuracy[j] == c.calib_curve_.accuracy[t <= budget * (1 + 1e-9)].max()
+    with pytest.raises(ConfigError, match="costs_from"):
+        c.knob_for(budget_seconds=budget)
+    with pytest.raises(ConfigError, match="no operating point within"):
+        c.knob_for(budget_seconds=float(t.min()) / 10, costs_from=timed, batch=64)

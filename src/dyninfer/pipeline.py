@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .check import choice, number
@@ -29,7 +28,7 @@ from .errors import ConfigError
 from .evaluate.agreement import agreement
 from .evaluate.frontier import Curve
 from .evaluate.outcome import Outcome
-from .evaluate.simulate import predicted_seconds
+from .evaluate.simulate import curve_times, predicted_seconds  # noqa: F401  (curve_times: used by compare)
 from .evaluate.stats import mcnemar
 from .harness import Prepared, load_data, prepare
 from .methods import FIGURES, METHODS, Method, create_method
@@ -142,15 +141,6 @@ class Evaluation:
     runtime: Any
     results: dict
     log: Callable[[str], None] = print
-
-
-def curve_times(trace: Trace, curve: Curve, batch: int, overhead_s: float = 0.0) -> np.ndarray:
-    """(M,) predicted seconds per image at ``batch`` of each curve point, from its per-path reach (a cost model)."""
-    reach = curve.extra["reach"]
-    t = np.zeros(len(curve))
-    for p, c in enumerate(trace.costs):
-        t += c.time_per_batch(np.rint(reach[:, p] * batch)) / batch
-    return t + overhead_s
 
 
 def _plain(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor, int], None]:

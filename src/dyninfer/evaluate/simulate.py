@@ -216,6 +216,24 @@ def predicted_seconds(trace: Trace, ran: np.ndarray, batch_size: int, overhead_s
     return total + overhead_s_per_sample * ran.shape[0]
 
 
+def curve_times(trace: Trace, curve: Curve, batch: int, overhead_s: float = 0.0) -> np.ndarray:
+    """(M,) predicted seconds per image at ``batch`` of each curve point, from its per-path reach and the paths'
+    measured latencies (a cost model; reports label it as predicted).
+
+    Raises:
+        ConfigError: the curve carries no per-path reach (``extra["reach"]``) for the trace's paths.
+        TraceError: a path has no latency measurements.
+    """
+    reach = curve.extra.get("reach")
+    if reach is None or reach.shape[1] != len(trace.costs):
+        raise ConfigError(f"the curve carries no per-path reach for the trace's {len(trace.costs)} paths; predicted "
+                          f"times need a sequential policy's curve over the same paths")
+    t = np.zeros(len(curve))
+    for p, c in enumerate(trace.costs):
+        t += c.time_per_batch(np.rint(reach[:, p] * batch)) / batch
+    return t + overhead_s
+
+
 def sweep_routed(score: np.ndarray, cost: tuple[float, float], *, quality: tuple[np.ndarray, np.ndarray] | None = None,
                  metric: Callable[[np.ndarray], float] | None = None, grid: int = 40,
                  label: str = "custom") -> Curve:

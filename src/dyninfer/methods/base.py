@@ -138,27 +138,44 @@ class Method:
                                       bound=self.bound, reference=reference,  # type: ignore[attr-defined]
                                       configurations=configurations, direction=self.knob_direction, order=order)
 
-    def knob_for(self, *, budget_flops: float | None = None, target_accuracy: float | None = None) -> Any:
-        """Map a budget (mean FLOPs per image) or a target accuracy through the calibration curve to a knob.
+    def knob_for(self, *, budget_flops: float | None = None, target_accuracy: float | None = None,
+                 budget_seconds: float | None = None, costs_from: Trace | None = None, batch: int = 256) -> Any:
+        """Map a budget (mean FLOPs, or predicted seconds, per image) or a target accuracy through the calibration
+        curve to a knob.
 
         A budget gives the most accurate calibration point within it; a target gives the cheapest point
-        reaching it on calibration (without a confidence bound: use ``tolerance`` for a guarantee).
+        reaching it on calibration (without a confidence bound: use ``tolerance`` for a guarantee). A budget in
+        seconds is read through the paths' measured latencies at ``batch`` (``costs_from``: a trace of this
+        method's paths whose costs were measured, e.g. by :func:`dyninfer.paths.measure_costs`; a cost model,
+        so a server meeting a time budget checks its measured times too).
 
         Raises:
-            ConfigError: neither or both given, or no calibration point meets it.
+            ConfigError: not exactly one of the three given, no costs for a time budget, or no calibration point
+                meets it.
         """
         self.check_fitted()
-        if (budget_flops is None) == (target_accuracy is None):
-            raise ConfigError("give exactly one of budget_flops and target_accuracy")
+        if sum(v is not None for v in (budget_flops, target_accuracy, budget_seconds)) != 1:
+            raise ConfigError("give exactly one of budget_flops, budget_seconds and target_accuracy")
         number("budget_flops", budget_flops, lo=0, lo_open=True, none_ok=True, hint=" (mean FLOPs per image)")
+        number("budget_seconds", budget_seconds, lo=0, lo_open=True, none_ok=True, hint=" (seconds per image)")
         number("target_accuracy", target_accuracy, lo=0, hi=1, none_ok=True)
+        number("batch", batch, lo=1, integer=True)
         c = self.calib_curve_
-        if budget_flops is not None:
-            ok = np.flatnonzero(c.cost <= budget_flops * (1 + 1e-9))
+        if budget_seconds is not None:
+            if costs_from is None:
+                raise ConfigError("a budget in seconds needs costs_from=: a trace of this method's paths with "
+                                  "measured latencies (dyninfer.paths.measure_costs)")
+            from ..evaluate.simulate import curve_times
+
+            spend, budget, unit = curve_times(self.own_trace(costs_from), c, batch), budget_seconds, "seconds"
+        else:
+            spend, budget, unit = c.cost, budget_flops, "FLOPs"
+        if budget is not None:
+            ok = np.flatnonzero(spend <= budget * (1 + 1e-9))
             if ok.size == 0:
-                raise ConfigError(f"no operating point within {budget_flops:.4g} FLOPs per image; the cheapest "
-                                  f"costs {c.cost.min():.4g}")
-            j = int(ok[np.lexsort((c.cost[ok], -c.accuracy[ok]))[0]])
+                raise ConfigError(f"no operating point within {budget:.4g} {unit} per image; the cheapest "
+                                  f"costs {spend.min():.4g}")
+            j = int(ok[np.lexsort((spend[ok], -c.accuracy[ok]))[0]])
         else:
             j = c.cheapest_at(float(target_accuracy))  # type: ignore[arg-type]
             if j is None:
