@@ -22,7 +22,8 @@ from .check import number
 from .errors import ConfigError
 from .harness import load_data, prepare
 from .methods import METHODS, create_method
-from .pipeline import Evaluation, RunConfig, RunSettings, curve_times, evaluate
+from .evaluate.simulate import curve_times
+from .pipeline import Evaluation, RunConfig, RunSettings, evaluate
 from .presets import get_preset
 from .report.plots import tradeoff_plot
 from .report.tables import markdown_table

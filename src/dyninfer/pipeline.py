@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .evaluate.agreement import agreement
 from .evaluate.frontier import Curve
 from .evaluate.outcome import Outcome
-from .evaluate.simulate import curve_times, predicted_seconds  # noqa: F401  (curve_times: used by compare)
+from .evaluate.simulate import curve_times, predicted_seconds
 from .evaluate.stats import mcnemar
 from .harness import Prepared, load_data, prepare
 from .methods import FIGURES, METHODS, Method, create_method

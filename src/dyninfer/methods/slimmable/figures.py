@@ -251,7 +251,7 @@ def load_aware(ev, cfg: SlimmableFigures) -> tuple[dict, str]:
 
 def frontier(ev, cols, curves, path, x: str) -> None:
     test, sb = ev.test, ev.cfg.serving_batch
-    from ...pipeline import curve_times
+    from ...evaluate.simulate import curve_times
 
     def xs(trace, curve):
         return curve.cost / 1e6 if x == "flops" else curve_times(trace, curve, sb) * 1e3
