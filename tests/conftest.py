@@ -60,6 +60,21 @@ def digits_supernet():
         torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def digits_bigsmall():
+    """The `tiny` preset's big/little pair on digits (bigsmall-supernet-tiny co-trained with its router, largest
+    pair), traced on calib and test (about 30 s, one thread)."""
+    from dyninfer.harness import prepare
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    try:
+        return prepare("digits", "tiny", kind="bigsmall", progress=False, log=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models on a shared 2-core CPU: one torch thread avoids oversubscription."""

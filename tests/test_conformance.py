@@ -21,7 +21,8 @@ from dyninfer.methods import METHODS, create_method, load_method
 # no loss below a few points can be certified); every other setting keeps its default.
 FAST = {"selection": {"lambdas": (0.6, 0.9), "policy": {"epochs": 5}, "tolerance": 0.05},
         "cascade": {"tolerance": 0.05}, "early-exit": {"tolerance": 0.05}, "slimmable": {"tolerance": 0.05},
-        "slimmable-bins": {"tolerance": 0.05}, "cascade-specialised": {"classes": (1, 4, 7), "tolerance": 0.05}}
+        "slimmable-bins": {"tolerance": 0.05}, "cascade-specialised": {"classes": (1, 4, 7), "tolerance": 0.05},
+        "bigsmall": {"tolerance": 0.05}}
 
 # further settings that change which code runs: early exits answering only at the first and last exit (EBJR's
 # cascade inside one network, supplementary 5.3)
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # the prepared path set of each kind (conftest fixtures, made only when a method of that kind is tested)
-PREPARED = {"pool": "digits_prepared", "staged": "digits_staged", "supernet": "digits_supernet"}
+PREPARED = {"pool": "digits_prepared", "staged": "digits_staged", "supernet": "digits_supernet",
+            "bigsmall": "digits_bigsmall"}
 
 
 @pytest.fixture(scope="module", params=[*METHODS.names(), *VARIANTS])

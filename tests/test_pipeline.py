@@ -227,3 +227,13 @@ def test_a_time_budget_maps_through_measured_latencies(digits_prepared):
         c.knob_for(budget_seconds=budget)
     with pytest.raises(ConfigError, match="no operating point within"):
         c.knob_for(budget_seconds=float(t.min()) / 10, costs_from=timed, batch=64)
+
+
+def test_bigsmall_run_and_its_policy_reloads(tmp_path, digits_bigsmall):
+    out = tmp_path / "bigsmall"
+    assert main(["run", "bigsmall", *FAST, "--out", str(out), "--set", "tolerance=0.05"]) == 0
+    res = _check_run(out, "bigsmall")
+    pol = load_policy(out)
+    assert pol.method.name == "bigsmall" and pol.paths.kind == "bigsmall" and pol.paths.names == ["little", "big"]
+    r = pol.runtime().run(digits_bigsmall.test.inputs(), 64)
+    assert r.path_share().tolist() == pytest.approx(res["operating_point"]["test_path_share"])

@@ -17,10 +17,11 @@ from typing import Callable
 from .data.datasets import Dataset, load_dataset
 from .errors import ConfigError, TraceError
 from .io import cache_dir, digest
-from .paths import KINDS, ModulePool, PathSet, StagedNetwork, SupernetPaths
+from .paths import KINDS, BigSmallPaths, ModulePool, PathSet, StagedNetwork, SupernetPaths
 from .presets import Preset, get_preset
 from .trace import Trace
 from .train.checkpoint import cached_model
+from .train.bigsmall import fit_bigsmall
 from .train.exits import fit_early_exit
 from .train.slimmable import fit_slimmable
 
@@ -66,8 +67,10 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
     Args:
         dataset: registry name of the dataset.
         preset: preset name or object.
-        kind: ``pool`` (the preset's models), ``staged`` (its early-exit network) or ``supernet`` (its slimmable
-            supernet, with the configurations of ``supernet_paths`` as paths, cheapest first, full width last).
+        kind: ``pool`` (the preset's models), ``staged`` (its early-exit network), ``supernet`` (its slimmable
+            supernet, with the configurations of ``supernet_paths`` as paths, cheapest first, full width last) or
+            ``bigsmall`` (its co-trained big/little supernet and router: the paths ``little``, emitting the router's
+            keep score, and ``big``, of the largest pair; :class:`~dyninfer.paths.BigSmallPaths`).
         seed: seed of splits and training.
         data_root: dataset folder override.
         data: an already loaded dataset (skips loading; must come from the same preset and seed).
@@ -97,15 +100,21 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
                                        progress=progress, log=log)
         metas[p.supernet_model] = meta
         paths = SupernetPaths(supernet, supernet.path_configs(supernet_paths or p.supernet_paths))
+    elif kind == "bigsmall":
+        net, router, meta = fit_bigsmall(p.bigsmall_model, data, p.bigsmall_training, seed=seed, device=device,
+                                         progress=progress, log=log)
+        metas[p.bigsmall_model] = meta
+        paths = BigSmallPaths(net, router)
     else:
         net, meta = fit_early_exit(p.exit_model, data, p.exit_recipe, training=p.exit_training, seed=seed,
                                    device=device, progress=progress, log=log)
         metas[p.exit_model] = meta
         paths = StagedNetwork(net)
-    whole = [paths.net] if isinstance(paths, StagedNetwork) else [paths.supernet] if isinstance(paths, SupernetPaths) \
+    whole = [paths.net] if isinstance(paths, StagedNetwork) else [paths.supernet, paths.router] \
+        if isinstance(paths, BigSmallPaths) else [paths.supernet] if isinstance(paths, SupernetPaths) \
         else list(paths.models.values())
     weights = [digest(m.state_dict()) for m in whole]
-    parts = [kind, paths.names, weights, data.fingerprint] + (["gate_flops"] if kind == "supernet" else [])
+    parts = [kind, paths.names, weights, data.fingerprint] + (["gate_flops"] if kind in ("supernet", "bigsmall") else [])
     key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
     folder = cache_dir() / "traces" / data.spec.name / key
     try:

@@ -41,7 +41,7 @@ from .train.exits import exit_logits
 from .train.trainer import predict_logits
 
 Probe = Callable[[], object]
-KINDS = ("pool", "staged", "supernet")
+KINDS = ("pool", "staged", "supernet", "bigsmall")
 
 
 @runtime_checkable
@@ -150,6 +150,13 @@ class PathSet:
         if kind == "supernet":
             net, _ = load_checkpoint(folder / "supernet.pt", map_location=device)
             return SupernetPaths(net, dict(zip(info["names"], info["configs"])))  # type: ignore[arg-type]
+        if kind == "bigsmall":
+            from .train.bigsmall import load_bigsmall
+
+            net, router, _ = load_bigsmall(folder / "supernet.pt", device=device)
+            if router is None:
+                raise CheckpointError(f"{folder / 'supernet.pt'} holds no router; save the policy again")
+            return BigSmallPaths(net, router, dict(zip(info["names"], info["configs"])))
         raise CheckpointError(f"{folder / 'paths.json'} names an unknown path-set kind {kind!r}; use one of {KINDS}")
 
 
@@ -344,8 +351,9 @@ class _Segments(nn.Module):
 class SupernetPaths(ModulePool):
     """Named subnetworks of a once-for-all style supernet as a pool of static modules.
 
-    When every static subnet also answers ``forward_scored(x) -> (logits (N, K), scores (N, G))`` (the Var
-    Gates of a slimmable network), a recorded trace keeps those scores as its ``gate`` aux array (P, N, G).
+    When static subnets also answer ``forward_scored(x) -> (logits (N, K), scores (N, G))`` (the Var Gates of a
+    slimmable network, a big/little pair's router), a recorded trace keeps those scores as its ``gate`` aux array
+    (P, N, G), NaN for the paths that emit none (they must agree on G).
 
     Args:
         supernet: implements :class:`Supernet` and maps images to logits.
@@ -384,22 +392,73 @@ class SupernetPaths(ModulePool):
         return super().record(split, costs=costs, meta=meta, batch_size=batch_size, progress=progress)
 
     def _outputs(self, x: torch.Tensor, *, batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        if not all(hasattr(m, "forward_scored") for m in self.models.values()):
+        if not any(hasattr(m, "forward_scored") for m in self.models.values()):
             return super()._outputs(x, batch_size=batch_size, progress=progress)
-        logits, gates = [], []
+        logits, gates = [], {}
         with torch.inference_mode():
-            for m in self.models.values():
+            for name, m in self.models.items():
                 m.eval()
                 dev = model_device(m)
+                if not hasattr(m, "forward_scored"):
+                    logits.append(predict_logits(m, x, batch_size=batch_size).numpy())
+                    continue
                 parts = [m.forward_scored(x[i:i + batch_size].to(dev)) for i in range(0, x.shape[0], batch_size)]
                 logits.append(torch.cat([lo.float().cpu() for lo, _ in parts]).numpy())
-                gates.append(torch.cat([g.float().cpu() for _, g in parts]).numpy())
-        return np.stack(logits), {"gate": np.stack(gates).astype(np.float32)}
+                gates[name] = torch.cat([g.float().cpu() for _, g in parts]).numpy()
+        widths = {g.shape[1] for g in gates.values()}
+        if len(widths) != 1:
+            raise TraceError(f"the paths emit different numbers of scores ({sorted(widths)}); they must agree")
+        blank = np.full((x.shape[0], widths.pop()), np.nan, np.float32)
+        return np.stack(logits), {"gate": np.stack([gates.get(n, blank) for n in self.names]).astype(np.float32)}
 
     def _save_into(self, folder: Path) -> dict:
         if getattr(self.supernet, "dyninfer_arch", None) is None:
             raise ConfigError("only supernets built by dyninfer.models.create_model can be saved with a policy")
         save_checkpoint(self.supernet, folder / "supernet.pt", {"configs": self.configs})
+        return {"configs": list(self.configs.values())}
+
+
+class BigSmallPaths(SupernetPaths):
+    """The two paths of a big/little pair of a :class:`~dyninfer.models.bigsmall.BigSmallSupernet`: ``little`` (its
+    static little subnet with the learned router, :class:`~dyninfer.models.bigsmall_router.RoutedSubnet`, which
+    emits the router's keep score ``1 - p_forward``) and ``big`` (the reference, no router).
+
+    A recorded trace keeps the keep score as the little path's ``gate`` aux (NaN for ``big``) and the router's
+    counted FLOPs in its meta ``gate_flops`` (``gate``: [router]; ``prefix``: the little subnet's), which a stage
+    scored by the router pays.
+
+    Args:
+        supernet: the co-trained supernet.
+        router: its :class:`~dyninfer.models.bigsmall_router.BigSmallRouter`.
+        pair: the deployed pair (a ``PairConfig`` or ``{"little": cfg, "big": cfg}``; default: the largest little
+            and the largest big subnet).
+    """
+
+    kind = "bigsmall"
+
+    def __init__(self, supernet: nn.Module, router: nn.Module, pair: Any = None) -> None:
+        from .models.bigsmall import BigSmallSupernet, PairConfig
+        from .models.bigsmall_router import RoutedSubnet
+
+        if not isinstance(supernet, BigSmallSupernet):
+            raise ConfigError(f"big/little paths need a BigSmallSupernet, got {type(supernet).__name__}")
+        pair = PairConfig(supernet.max_subnet("little"), supernet.max_subnet("big")) if pair is None \
+            else supernet.space.check_pair(pair)
+        super().__init__(supernet, supernet.pair_paths(pair))
+        self.router = router.eval()
+        self.models["little"] = RoutedSubnet(self.models["little"], self.router).eval()
+
+    def gate_costs(self) -> dict:
+        little = self.models["little"]
+        return {"gate": [little.router_flops()],
+                "prefix": {"little": [count_flops(little, self.input_shape)]}}
+
+    def _save_into(self, folder: Path) -> dict:
+        from .train.bigsmall import save_bigsmall
+
+        if getattr(self.supernet, "dyninfer_arch", None) is None:
+            raise ConfigError("only supernets built by dyninfer.models.create_model can be saved with a policy")
+        save_bigsmall(folder / "supernet.pt", self.supernet, self.router, {"configs": self.configs})
         return {"configs": list(self.configs.values())}
 
 

@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .registry import Registry
 from .train.recipe import Recipe
 from .models.adapta import PATH_SETS
+from .train.bigsmall import CoTraining
 from .train.slimmable import SlimmableTraining
 
 PRESETS: Registry["Preset"] = Registry("preset")
@@ -46,6 +47,8 @@ class Preset:
             :meth:`~dyninfer.models.adapta.AdaptaResNet.path_configs`).
         supernet_baselines: supernets of the same model trained by other recipes (US-Net, DS-Net and their
             random-3 variants), name -> training; the slimmable report compares them (Table II).
+        bigsmall_model: the big/little supernet (a registered ``BigSmallSupernet``) of the ``bigsmall`` method.
+        bigsmall_training: its co-training (phases, sandwich, losses; :class:`~dyninfer.train.bigsmall.CoTraining`).
         train_limit: training samples kept (None: the whole training split).
         calib_size: calibration samples cut from the official training part.
         test_limit: test samples kept (None: all).
@@ -66,6 +69,8 @@ class Preset:
     supernet_training: SlimmableTraining = field(default_factory=SlimmableTraining)
     supernet_paths: str = "all"
     supernet_baselines: dict[str, SlimmableTraining] = field(default_factory=dict)
+    bigsmall_model: str = "bigsmall-supernet"
+    bigsmall_training: CoTraining = field(default_factory=CoTraining)
     train_limit: int | None = None
     calib_size: int = 10000
     test_limit: int | None = None
@@ -84,6 +89,8 @@ class Preset:
         for k, t in self.supernet_baselines.items():
             if not isinstance(t, SlimmableTraining) or t.recipe == "adapta":
                 raise ConfigError(f"supernet baseline {k!r} must be a SlimmableTraining with recipe 'usnet' or 'dsnet'")
+        if not isinstance(self.bigsmall_training, CoTraining):
+            raise ConfigError(f"bigsmall_training must be a CoTraining, got {type(self.bigsmall_training).__name__}")
         number("train_limit", self.train_limit, lo=1, integer=True, none_ok=True)
         number("test_limit", self.test_limit, lo=1, integer=True, none_ok=True)
         number("calib_size", self.calib_size, lo=1, integer=True)
@@ -125,6 +132,8 @@ PRESETS.register("quick", Preset(
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=2), stage_epochs=(1, 1, 1, 1), lock_epochs=1,
                                         train_images=5000, bn_images=1024, eval_images=1000),
     supernet_baselines=_baselines(2, 5000),
+    # bigsmall: not yet timed on this CPU; 2 epochs per phase on 5k images of the 20k
+    bigsmall_training=CoTraining(epochs=2, train_images=5000, eval_images=1000),
     train_limit=20000, calib_size=5000, cost_rounds=3, latency_repeats=10, latency_min_s=0.1, runtime_rounds=3,
     timing_samples=2560, batch1_samples=100,
 ))
@@ -138,6 +147,7 @@ PRESETS.register("full", Preset(
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=10), stage_epochs=(1, 1, 2, 2), lock_epochs=2,
                                         eval_images=2000),
     supernet_baselines=_baselines(6, None),
+    bigsmall_training=CoTraining(epochs=5, eval_images=2000),  # not yet timed on this CPU
     train_limit=None, calib_size=10000, cost_rounds=3, latency_repeats=20, latency_min_s=0.3, runtime_rounds=7,
     timing_samples=5120, batch1_samples=200,
 ))
@@ -152,6 +162,11 @@ PRESETS.register("tiny", Preset(
                                         stage_epochs=(2, 2, 2, 2), lock_epochs=2, lock_lr=1e-3, gate_lr=1e-3,
                                         eval_images=300),
     supernet_baselines=_baselines(2, None, batch_size=64, baseline_lr=0.05),
+    # the largest pair alone (the deployed one), no random pairs: about 30 s on digits with one thread (big ~0.92,
+    # little ~0.89 on calibration); progressive shrinking at 1 epoch per phase took 46 s for ~0.70
+    bigsmall_model="bigsmall-supernet-tiny",
+    bigsmall_training=CoTraining(phases=("full",), epochs=6, batch_size=64, random_subnets=0, eval_images=300,
+                                 bn_images=512),
     train_limit=None, calib_size=300, cost_rounds=1, latency_repeats=3, latency_min_s=0.0, runtime_rounds=1,
     timing_samples=256, batch1_samples=10,
 ))

@@ -11,21 +11,31 @@ specialised    -F̄(x) = logsumexp(z[classes]) if the top subset logit  EBJR eq.
                reaches logsumexp(z[others]) ("other" is not the
                argmax), else -inf (always forwarded)
 random         U(0, 1) per input, from a seeded hash of its logits (a baseline that ignores confidence)
+difficulty     a fitted logistic regression on logit statistics (the
+               big/little family's difficulty-aware router)
 =============  =====================================================  ==========================
 
 Scores take logits (N, K) as a torch tensor and return (N,) float32. The same function runs in
 the trace simulation and in the runtime, so both make bitwise-identical decisions.
+
+An :class:`EmittedScore` is the exception: a path computes it beside its logits (a slimmable subnet's Var
+Gate, a big/little pair's learned router). A trace keeps it as its ``gate`` aux array (P, N, G) and the FLOPs
+of each emitter in its meta ``gate_flops``; at run time the path's ``forward_gated(x, gate)`` returns it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .check import number
-from .errors import ConfigError
+from .errors import ConfigError, TraceError
 from .registry import Registry
+
+if TYPE_CHECKING:  # trace imports the runtime, which imports this module
+    from .trace import Trace
 
 SCORES: Registry[Callable[..., "Score"]] = Registry("score")
 
@@ -174,3 +184,115 @@ class SpecialisedEnergy(Score):
         other = torch.logsumexp(outside, dim=-1)  # (N,) the "other" logit
         keep = inside.amax(-1) >= other
         return torch.where(keep, neg_f, torch.full_like(neg_f, float("-inf")))
+
+
+class EmittedScore(Score):
+    """A score a path emits beside its logits (see the module doc): emitter ``gate`` of the path (an index into
+    the ``G`` scores its ``forward_scored`` returns; -1: the last).
+
+    It reads no logits: in a trace it is column ``gate`` of the ``gate`` aux array, at run time the path's
+    ``forward_gated(x, gate)``. A stage scored by it also pays the emitter's FLOPs (:meth:`flops`)."""
+
+    name = "emitted"
+    emitter = "an emitted score"  # what emits it, for messages
+
+    def __init__(self, gate: int = -1) -> None:
+        number("gate", gate, integer=True)
+        super().__init__()
+        self.params = {"gate": int(gate)}
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"{self.emitter} is emitted by its path (forward_scored / forward_gated), not computed from "
+                          f"logits; run it through its method's runtime")
+
+    def from_trace(self, trace: "Trace", p: int) -> np.ndarray:
+        """(N,) the score of path ``p`` of ``trace``."""
+        if "gate" not in trace.aux:
+            raise TraceError(f"this trace carries no scores of {self.emitter} (aux 'gate'); record it from the "
+                             f"supernet's paths (SupernetPaths.record)")
+        g = trace.aux["gate"]  # (P, N, G)
+        if not -g.shape[2] <= self.params["gate"] < g.shape[2]:
+            raise TraceError(f"the trace has {g.shape[2]} emitted scores; index {self.params['gate']} does not exist")
+        out = g[p, :, self.params["gate"]].astype(np.float32)
+        if np.isnan(out).any():
+            raise TraceError(f"path {trace.paths[p]!r} of this trace emits no score ({self.emitter}); only paths that "
+                             f"answer forward_scored can be scored by it")
+        return out
+
+    def head(self, model: torch.nn.Module):
+        """A runtime stage head: ``x -> (logits, this score)``."""
+        gate = self.params["gate"]
+
+        def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return model.forward_gated(x, gate)  # (n, K), (n,): this emitter alone runs
+        return run
+
+    def flops(self, trace: "Trace") -> float:
+        """Counted FLOPs per sample of this emitter, from the meta ``gate_flops`` of the trace's recording."""
+        info = trace.meta.get("gate_flops")
+        if not isinstance(info, dict) or "gate" not in info:
+            raise TraceError(f"this trace does not carry the FLOPs of {self.emitter} (meta 'gate_flops'); record it "
+                             f"again from the supernet's paths (SupernetPaths.record)")
+        return float(info["gate"][self.params["gate"]])
+
+
+STATISTICS = ("entropy", "variance", "max_softmax", "margin")  # the difficulty score's features, in order
+
+
+def logit_statistics(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 4) float64 statistics of logits (N, K): entropy of the softmax, variance of the logits, max-softmax and
+    margin (top-1 minus top-2 probability)."""
+    z = logits.double()
+    logp = z.log_softmax(-1)  # (N, K)
+    p = logp.exp()
+    top2 = p.topk(2, dim=-1).values  # (N, 2)
+    return torch.stack([-(p * logp).sum(-1), z.var(-1, unbiased=False), top2[:, 0], top2[:, 0] - top2[:, 1]], 1)
+
+
+@SCORES.register("difficulty")
+class DifficultyScore(Score):
+    """Difficulty-aware router: the log-odds that the answering head is right, from a logistic regression on
+    :func:`logit_statistics` (standardised by ``mean`` and ``scale``). Fitted by :meth:`fit`; its parameters
+    are plain numbers, so a fitted score saves and loads with its method like any other.
+
+    Args:
+        coef: the regression's 4 weights, one per statistic of :data:`STATISTICS`.
+        intercept: its intercept.
+        mean, scale: the statistics' standardisation (scale > 0).
+    """
+
+    name = "difficulty"
+
+    def __init__(self, coef: Sequence[float] = (0.0,) * 4, intercept: float = 0.0,
+                 mean: Sequence[float] = (0.0,) * 4, scale: Sequence[float] = (1.0,) * 4) -> None:
+        super().__init__()
+        vals = {"coef": coef, "mean": mean, "scale": scale}
+        for k, v in vals.items():
+            if not isinstance(v, (list, tuple)) or len(v) != len(STATISTICS) or any(
+                    isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) for x in v):
+                raise ConfigError(f"difficulty score: {k} must be {len(STATISTICS)} finite numbers, got {v!r}")
+        if any(x <= 0 for x in scale):
+            raise ConfigError(f"difficulty score: scale must be positive, got {scale!r}")
+        number("difficulty intercept", intercept)
+        self.params = {"coef": [float(x) for x in coef], "intercept": float(intercept),
+                       "mean": [float(x) for x in mean], "scale": [float(x) for x in scale]}
+
+    @classmethod
+    def fit(cls, logits: torch.Tensor | np.ndarray, correct: np.ndarray, *, C: float = 1.0) -> "DifficultyScore":
+        """Fit on logits (N, K) of the answering head and whether it was right (N,) (scikit-learn's
+        ``LogisticRegression``, L2 with inverse strength ``C``, on standardised statistics)."""
+        from sklearn.linear_model import LogisticRegression
+
+        x = logit_statistics(torch.as_tensor(logits)).numpy()  # (N, 4)
+        y = np.asarray(correct, bool)
+        mean, scale = x.mean(0), x.std(0)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        if y.all() or not y.any():  # one class only: a constant score (every sample alike)
+            return cls(mean=mean.tolist(), scale=scale.tolist())
+        lr = LogisticRegression(C=C, max_iter=1000).fit((x - mean) / scale, y)
+        return cls(lr.coef_[0].tolist(), float(lr.intercept_[0]), mean.tolist(), scale.tolist())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        s = logit_statistics(logits)  # (N, 4) float64
+        p = {k: torch.tensor(v, dtype=torch.float64, device=s.device) for k, v in self.params.items() if k != "intercept"}
+        return (((s - p["mean"]) / p["scale"]) @ p["coef"] + self.params["intercept"]).float()  # (N,)

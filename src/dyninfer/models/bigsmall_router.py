@@ -57,3 +57,44 @@ class BigSmallRouter(nn.Module):
     def forward_probability(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Probability (B,) that the input is forwarded to the big subnet."""
         return torch.sigmoid(self(features, logits))
+
+
+class RoutedSubnet(nn.Module):
+    """The little path of a big/little pair with its router: a static little subnet
+    (:class:`~dyninfer.models.bigsmall.BigSmallSubnet`) that also emits the router's *keep* score.
+
+    ``forward`` is the subnet's logits alone; ``forward_scored`` / ``forward_gated`` add the keep score
+    ``1 - p_forward`` (one emitter: index 0), which a :class:`~dyninfer.paths.SupernetPaths` records in a trace and a
+    cascade stage emits at run time (:class:`~dyninfer.scores.EmittedScore`).
+    """
+
+    def __init__(self, subnet: nn.Module, router: BigSmallRouter) -> None:
+        super().__init__()
+        self.subnet, self.router = subnet, router
+        self.input_shape = getattr(subnet, "input_shape", None)
+
+    def _pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.subnet
+        f = s.head.pool(s.layers(s.stem(s.normalize(x))))  # (B, F)
+        return s.head.fc(f), f  # (B, K), (B, F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pooled(x)[0]  # (B, K)
+
+    def forward_gated(self, x: torch.Tensor, gate: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), keep score 1 - p_forward (B,)); ``gate`` must name the one emitter (0 or -1)."""
+        if gate not in (0, -1):
+            raise InputError(f"a big/little little path emits one score (the router's); gate {gate} does not exist")
+        logits, f = self._pooled(x)
+        return logits, 1 - self.router.forward_probability(f, logits)
+
+    def forward_scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), keep scores (B, 1))."""
+        logits, keep = self.forward_gated(x, 0)
+        return logits, keep[:, None]
+
+    def router_flops(self) -> int:
+        """Counted FLOPs per sample of the router's MLP (on features and the two logit statistics)."""
+        from ..runtime.cost import count_flops
+
+        return count_flops(self.router.mlp, (self.router.kwargs["in_features"] + N_STATS,))

@@ -12,6 +12,7 @@ found on ``order_share`` of the calibration split and tested, most expensive fir
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Sequence
 
@@ -26,8 +27,8 @@ from ...evaluate.outcome import Outcome
 from ...evaluate.simulate import oracle, simulate_forced, simulate_sequential, stage_scores, sweep_sequential
 from ...paths import ModulePool
 from ...runtime.base import as_thresholds
-from ...runtime.sequential import SequentialRuntime
-from ...scores import Score, make_score
+from ...runtime.sequential import SequentialRuntime, Stage
+from ...scores import EmittedScore, Score, make_score
 from ...trace import Trace
 from ..base import Method, _num, register_method
 
@@ -147,8 +148,16 @@ class Cascade(Method):
 
     def _chain(self, trace: Trace, chain: Sequence[str] | None = None, score: Score | None = None) -> Trace:
         """The trace over ``chain``'s paths with the costs its stages pay when scored by ``score`` (default: the
-        fitted chain and score). A cascade's stage pays its path; a family whose scoring costs FLOPs adds them."""
-        return _select(trace, self.stages_ if chain is None else chain)
+        fitted chain and score). A stage pays its path; with a score the path emits itself
+        (:class:`~dyninfer.scores.EmittedScore`: a Var Gate, a learned router), every stage but the last also pays
+        the emitter's FLOPs."""
+        tr = _select(trace, self.stages_ if chain is None else chain)
+        score = self.score_ if score is None else score
+        if not isinstance(score, EmittedScore) or len(tr.paths) < 2:
+            return tr
+        extra = score.flops(trace)
+        return tr.with_costs([dataclasses.replace(c, flops=int(c.flops + extra)) if p < len(tr.paths) - 1 else c
+                              for p, c in enumerate(tr.costs)])
 
     # ------------------------------------------------------------------ protocol
     def own_trace(self, trace: Trace) -> Trace:
@@ -187,14 +196,18 @@ class Cascade(Method):
         return oracle(self._chain(trace))
 
     def runtime(self, paths: ModulePool, *, device: str | torch.device | None = None) -> SequentialRuntime:
-        """A :class:`SequentialRuntime` over the chain's modules at the fitted thresholds (its knob stays settable)."""
+        """A :class:`SequentialRuntime` over the chain's modules at the fitted thresholds (its knob stays settable);
+        with an emitted score, every stage but the last emits it beside its logits (``forward_gated``)."""
         self.check_fitted()
         if not isinstance(paths, ModulePool):
             raise ConfigError(f"a cascade runs on a module pool, got {type(paths).__name__}")
         pool = paths.subset(self.stages_)
         if device is not None:
             pool.to(device)
-        return self._start(SequentialRuntime(pool.stages(), self.score_, self.knob_, paths=self.stages_,
+        stages = pool.stages()
+        if isinstance(self.score_, EmittedScore):
+            stages = [Stage(self.score_.head(pool.models[n].eval())) for n in self.stages_[:-1]] + stages[-1:]
+        return self._start(SequentialRuntime(stages, self.score_, self.knob_, paths=self.stages_,
                                              stage_flops=self.flops_, input_shape=paths.input_shape,
                                              device=device or pool.device))
 

@@ -19,18 +19,16 @@ runtime's knob can be changed between batches.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ...check import number
 from ...errors import ConfigError, TraceError
 from ...paths import SupernetPaths
-from ...runtime.sequential import SequentialRuntime, Stage, model_stage
-from ...scores import SCORES, Score
+from ...runtime.sequential import SequentialRuntime
+from ...scores import SCORES, EmittedScore, Score
 from ...trace import Trace
 from ..base import register_method
 from ..cascade.method import Cascade
@@ -40,39 +38,13 @@ ROUTERS = ("gate", "max_softmax", "margin", "entropy", "energy", "random")
 
 
 @SCORES.register("var_gate")
-class GateScore(Score):
+class GateScore(EmittedScore):
     """The confidence of Var Gate ``gate`` (index into the supernet's gates; -1: the last), emitted by the path.
 
     It reads no logits: in a trace it is the ``gate`` aux array, at run time the path's ``forward_scored``."""
 
     name = "var_gate"
-
-    def __init__(self, gate: int = -1) -> None:
-        number("gate", gate, integer=True)
-        super().__init__()
-        self.params = {"gate": int(gate)}
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("the Var Gate score is emitted by a slimmable subnet (forward_scored), not computed from "
-                          "logits; run it through the slimmable method's runtime")
-
-    def from_trace(self, trace: Trace, p: int) -> np.ndarray:
-        """(N,) the gate's confidence for path ``p`` of ``trace``."""
-        if "gate" not in trace.aux:
-            raise TraceError("this trace carries no Var Gate confidences (aux 'gate'); record it from the supernet's "
-                             "paths (SupernetPaths.record)")
-        g = trace.aux["gate"]  # (P, N, G)
-        if not -g.shape[2] <= self.params["gate"] < g.shape[2]:
-            raise TraceError(f"the trace has {g.shape[2]} gates; gate {self.params['gate']} does not exist")
-        return g[p, :, self.params["gate"]].astype(np.float32)
-
-    def head(self, model: torch.nn.Module):
-        """A runtime stage head: ``x -> (logits, this gate's confidence)``."""
-        gate = self.params["gate"]
-
-        def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return model.forward_gated(x, gate)  # (n, K), (n,): this gate alone runs
-        return run
+    emitter = "the Var Gate score"
 
 
 def gate_flops(trace: Trace) -> list[float]:
@@ -127,30 +99,9 @@ class Slimmable(Cascade):
             calib = calib.select(widths) if len(widths) >= 2 and widths[-1] == calib.paths[-1] else calib
         return super().fit(calib, **kwargs)  # type: ignore[return-value]
 
-    def _chain(self, trace: Trace, chain: Sequence[str] | None = None, score: Score | None = None) -> Trace:
-        """The chain's trace; with the gate score, every stage but the last also pays its Var Gate's FLOPs."""
-        tr = super()._chain(trace, chain)
-        score = self.score_ if score is None else score
-        if not isinstance(score, GateScore) or len(tr.paths) < 2:
-            return tr
-        extra = gate_flops(trace)[score.params["gate"]]
-        return tr.with_costs([dataclasses.replace(c, flops=int(c.flops + extra)) if p < len(tr.paths) - 1 else c
-                              for p, c in enumerate(tr.costs)])
-
     def runtime(self, paths: SupernetPaths, *, device: str | torch.device | None = None) -> SequentialRuntime:
         """A :class:`SequentialRuntime` over the chain's static subnets; gate-scored stages emit their gate's
         confidence with their logits (the knob, thresholds, stays settable)."""
-        self.check_fitted()
         if not isinstance(paths, SupernetPaths):
             raise ConfigError(f"the slimmable method runs on a supernet's paths (SupernetPaths), got {type(paths).__name__}")
-        pool = paths.subset(self.stages_)
-        if device is not None:
-            pool.to(device)
-        models = [pool.models[n] for n in self.stages_]
-        if isinstance(self.score_, GateScore):
-            stages = [Stage(self.score_.head(m.eval())) for m in models[:-1]] + [model_stage(models[-1])]
-        else:
-            stages = pool.stages()
-        return self._start(SequentialRuntime(stages, self.score_, self.knob_, paths=self.stages_,
-                                             stage_flops=self.flops_, input_shape=paths.input_shape,
-                                             device=device or pool.device))
+        return super().runtime(paths, device=device)
