@@ -237,3 +237,19 @@ def test_bigsmall_run_and_its_policy_reloads(tmp_path, digits_bigsmall):
     assert pol.method.name == "bigsmall" and pol.paths.kind == "bigsmall" and pol.paths.names == ["little", "big"]
     r = pol.runtime().run(digits_bigsmall.test.inputs(), 64)
     assert r.path_share().tolist() == pytest.approx(res["operating_point"]["test_path_share"])
+
+
+def test_progress_bars_stay_out_of_logs(monkeypatch, capsys):
+    """With standard error redirected (a log file, CI), a command runs without progress bars."""
+    import dyninfer.harness as harness
+
+    seen = {}
+
+    def fake_prepare(*args, progress=True, **kwargs):
+        seen["progress"] = progress
+        raise harness.ConfigError("stop here")
+
+    monkeypatch.setattr(harness, "prepare", fake_prepare)
+    monkeypatch.setattr(harness, "load_data", lambda *a, **k: None)
+    assert main(["train", "--preset", "tiny", "--dataset", "digits", "--kind", "pool"]) == 2
+    assert seen["progress"] is False and "stop here" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", help="quick (first run, CI), full (benchmark figures) or tiny")
     p.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars (always hidden when standard error is not a terminal)")
 
 
 def add_measurement(p: argparse.ArgumentParser) -> None:
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.command_line = command_line(["dyninfer", *argv])
+        if hasattr(args, "no_progress") and not sys.stderr.isatty():
+            args.no_progress = True  # a log file gets the one-line summaries, not redrawn bars
         return int(args._run(args) or 0)
     except DyninferError as e:
         print(f"dyninfer: error: {e}", file=sys.stderr)
