@@ -45,34 +45,31 @@ def digits_staged():
     return prepare("digits", "tiny", kind="staged", progress=False, log=lambda s: None)
 
 
-@pytest.fixture(scope="session")
-def digits_supernet():
-    """The `tiny` preset's slimmable supernet on digits (adapta-resnet-tiny: teacher, cascades, δ, gates), its
-    uniform widths traced on calib and test (about 40 s, one thread)."""
+def _prepare_one_thread(kind: str):
+    """The `tiny` preset's path set of ``kind`` on digits, trained and traced with one torch thread."""
     from dyninfer.harness import prepare
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     try:
-        return prepare("digits", "tiny", kind="supernet", progress=False, log=lambda s: None)
+        return prepare("digits", "tiny", kind=kind, progress=False, log=lambda s: None)
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def digits_supernet():
+    """The `tiny` preset's slimmable supernet on digits (adapta-resnet-tiny: teacher, cascades, δ, gates), its
+    uniform widths traced on calib and test (about 40 s, one thread)."""
+    return _prepare_one_thread("supernet")
 
 
 @pytest.fixture(scope="session")
 def digits_bigsmall():
     """The `tiny` preset's big/little pair on digits (bigsmall-supernet-tiny co-trained with its router, largest
     pair), traced on calib and test (about 30 s, one thread)."""
-    from dyninfer.harness import prepare
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    try:
-        return prepare("digits", "tiny", kind="bigsmall", progress=False, log=lambda s: None)
-    finally:
-        torch.set_num_threads(n)
+    return _prepare_one_thread("bigsmall")
 
 
 @pytest.fixture(scope="module")

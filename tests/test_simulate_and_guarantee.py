@@ -292,3 +292,27 @@ def test_a_few_disagreements_cannot_certify_a_point_alone():
     # even none at all certifies 0.1 points only with enough samples (exact: P(Bin(n, 0.001) = 0) = e^(-n/1000))
     assert 0.005 < clt_pvalues(np.array([0.0]), np.array([0.0]), 5000, 0.001)[0] < 0.05
     assert clt_pvalues(np.array([0.0]), np.array([0.0]), 20000, 0.001)[0] < 1e-4
+
+
+def test_sweep_routed_exact_and_set_level_agree():
+    """The shared two-stage sweep: per-sample quality (exact, one point per score) and a set-level metric at the
+    same thresholds give the same quality and cost; scores with NaN and ambiguous inputs are refused."""
+    from dyninfer.errors import ConfigError
+    from dyninfer.evaluate.simulate import sweep_routed
+
+    rng = np.random.default_rng(0)
+    s, q0, q1 = rng.normal(size=200), -rng.random(200), -0.2 * rng.random(200)
+    exact = sweep_routed(s, (1.0, 10.0), quality=(q0, q1))
+    metric = sweep_routed(s, (1.0, 10.0), metric=lambda keep: float(np.where(keep, q0, q1).mean()), grid=30)
+    s32 = s.astype(np.float32)
+    for curve in (exact, metric):  # every point: the student keeps score >= t (float32), the rest pay both models
+        for t, acc, cost in zip(curve.settings[:, 0], curve.accuracy, curve.cost):
+            keep = s32 >= np.float32(t)
+            assert acc == pytest.approx(np.where(keep, q0, q1).mean())
+            assert cost == pytest.approx(1.0 + 10.0 * (~keep).mean())
+    assert len(exact) == 201 and len(metric) <= 32  # one point per distinct score (plus keep-none); grid + 2
+    assert exact.cost[0] == 1.0 and exact.cost[-1] == 11.0  # keep-all pays the student; keep-none both
+    with pytest.raises(ConfigError, match="NaN"):
+        sweep_routed(np.array([0.1, np.nan]), (1, 2), quality=(np.zeros(2), np.zeros(2)))
+    with pytest.raises(ConfigError, match="exactly one"):
+        sweep_routed(s, (1, 2))

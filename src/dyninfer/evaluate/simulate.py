@@ -264,7 +264,7 @@ def sweep_routed(score: np.ndarray, cost: tuple[float, float], *, quality: tuple
     s = np.asarray(score, np.float64).reshape(-1)
     if (quality is None) == (metric is None):
         raise ConfigError("sweep_routed needs exactly one of quality= (per-sample) and metric= (set-level)")
-    if s.size == 0 or not np.isfinite(s[~np.isinf(s)]).all():
+    if s.size == 0 or np.isnan(s).any():
         raise ConfigError(f"router scores must be a non-empty array without NaN, got {s.size} values")
     c0, c1 = float(cost[0]), float(cost[1])
     if quality is not None:
