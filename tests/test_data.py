@@ -91,6 +91,24 @@ def test_cifar10_pickle_folder(tmp_path):
         load_dataset("cifar10", root=tmp_path / "cifar-10-batches-py")
 
 
+@pytest.mark.parametrize("labels, message", [
+    (list(range(10)) * 1 + [0] * 9, r"holds 20 images but labels of shape \(19,\)"),
+    ([10] * 20, r"labels outside 0..9 \(min 10, max 10\)"),
+    (None, "no 'labels' entry"),
+])
+def test_cifar_labels_that_do_not_fit_the_images_are_refused(tmp_path, labels, message):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(folder)
+    d = pickle.loads((folder / "test_batch").read_bytes())
+    if labels is None:
+        del d["labels"]
+    else:
+        d["labels"] = labels
+    (folder / "test_batch").write_bytes(pickle.dumps(d))
+    with pytest.raises(DataError, match="test_batch.*" + message if labels is None else message):
+        load_dataset("cifar10", root=folder)
+
+
 def test_cifar100_missing_folder_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="missing data file .*train.*cifar-100-python"):
         load_dataset("cifar100", root=tmp_path)

@@ -135,6 +135,30 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_both(spec, tmp_path):
     assert load_into(create_model("adapta-resnet-tiny", spec), tmp_path / "same.pt") == {"phase": "x"}
 
 
+def test_strides_are_part_of_the_shape_and_of_the_cache_key(spec, tmp_path):
+    from dyninfer.train.checkpoint import architecture_signature, cache_key
+    from dyninfer.data.datasets import DataSpec
+
+    with pytest.raises(ConfigError, match="strides must be 4 values of 1 or 2"):
+        AdaptaResNet(spec, depths=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=4, strides=(1, 2, 3, 1))
+    fm = DataSpec("fm", 10, 1, (28, 28), (0.3,), (0.35,))
+    net = create_model("adapta-resnet-s", fm)
+    assert net.strides == (2, 2, 2, 1) and net.anchor_sizes == [14, 7, 4, 4]
+    default = AdaptaResNet(fm, depths=(2, 2, 2, 2), widths=(32, 64, 128, 256), stem=16)
+    assert default.anchor_sizes == [28, 14, 7, 4]
+    assert net.get_active_subnet()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # same parameter shapes, other layout: the checkpoint is refused, the cache keys differ
+    save_checkpoint(net, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match=r"'strides': \[2, 2, 2, 1\].*this supernet has shape.*'strides': \[1, 2"):
+        load_into(default, tmp_path / "s.pt")
+
+    class _Data:
+        spec, fingerprint = fm, "f"
+    keys = {cache_key("adapta-resnet-s", {}, _Data, {}, 0, arch=architecture_signature(m)) for m in (net, default)}
+    assert len(keys) == 2 and cache_key("m", {}, _Data, {}, 0) == cache_key("m", {}, _Data, {}, 0, arch=None)
+    assert architecture_signature(torch.nn.Linear(2, 2)) is None
+
+
 # ---------------------------------------------------------------------------------------- training pieces
 
 def test_the_sandwich_rule_runs_at_least_two_to_the_d_plus_one_subnets():

@@ -8,12 +8,10 @@ Timings on a 2-core CPU (about 250 GFLOP/s training): ``quick`` (pool ``cnn-s``,
 ``revcol-tiny``; 20k training images) trains in about 3 minutes; ``full`` (pool ``cnn-s``, ``cnn-m``,
 ``cnn-l``; exits ``revcol-s``; 50k images) in about 45, most of it ``cnn-l`` and ``revcol-s``.
 
-The slimmable supernet (``adapta-resnet-s``, 26.2 MFLOPs at x1.0 on 28x28) and its baselines are sized from
-counted FLOPs per training image (forward, backward and the teacher's targets; estimates, see
-``SUPERNET_SIZING``) at about 110 GFLOP/s, the rate this CPU reaches on a model of this size between the
-measured 45 GFLOP/s of a 2 MFLOP CNN and 250 of a 232 MFLOP one: ``quick`` trains AdaptaNet in about 2.5
-minutes and its four baselines in about 1 (5k images for the supernet phases); ``full`` in about 34 and 29
-(50k images).
+The slimmable supernet (``adapta-resnet-s``, 12.7 MFLOPs at x1.0 on 28x28) and its baselines are sized from
+measured seconds per training image of each phase (``SUPERNET_SECONDS_PER_1K``): ``quick`` trains AdaptaNet in
+about 3.5 minutes and its four baselines in about 3.5 (5k images for the supernet phases); ``full`` in about 24
+and 33 (20k images for the phases and the baselines, the teacher on all 50k).
 """
 
 from __future__ import annotations
@@ -99,20 +97,15 @@ class Preset:
         number("latency_min_s", self.latency_min_s, lo=0)
 
 
-# Per training image, MFLOPs of one step of each supernet phase of adapta-resnet-s on 28x28 (x1.0: 26.2 forward,
-# x0.25: 4.6, a random uniform width 14.7 and a random stage-wise one about 12 on average; training is about 3x
-# forward, a frozen stage that gradients pass through about 2x):
-SUPERNET_SIZING = {
-    "teacher": 3 * 26.2,                      # 78.5
-    "cascade": 26.2 + 10 + 3 * 2.5 * 26.2,    # teacher targets, prefix, 3 subnets through the downstream: ~232
-    "lock": 26.2 + 3 * (26.2 + 4.6 + 12),     # teacher targets, largest, smallest, one random: ~154
-    "delta": 26.2 + 4 * 60,                   # the largest (target), two δ corners, one random: ~266
-    "delta-lock": 26.2 + 26.2 + 2.5 * (15.8 + 3.3 + 9),  # ~122
-    "gate": 26.2 + 10 + 3 * 3,                # largest, a random prefix, the gate: ~45
-    "usnet": 3 * (26.2 + 4.6 + 2 * 14.7),     # sandwich of four uniform widths: ~180
-    "dsnet": 26.2 + 3 * (26.2 + 4.6 + 2 * 14.7),  # and the moving average's targets: ~206
-    "usnet*": 3 * 3 * 12,                     # three random stage-wise configurations: ~108
-    "dsnet*": 26.2 + 3 * 3 * 12,              # ~134
+# Measured on this 2-core CPU (two threads), seconds per 1,000 training images and epoch of each phase of
+# adapta-resnet-s (12.7 MFLOPs at x1.0 on 28x28), from a quick-preset run on 5k images: the teacher trains at about
+# 850 images/s. The presets below are sized from these.
+SUPERNET_SECONDS_PER_1K = {
+    "teacher": 1.2,
+    "cascade1": 3.5, "cascade2": 3.0, "cascade3": 2.3, "cascade4": 1.8, "lock": 4.5,
+    "delta1": 4.1, "delta2": 3.0, "delta3": 2.4, "delta4": 1.7, "delta-lock": 3.0,
+    "gate1": 0.9, "gate2": 1.0, "gate3": 0.9,
+    "usnet": 5.2,
 }
 
 
@@ -127,8 +120,7 @@ PRESETS.register("quick", Preset(
     name="quick",
     models={"cnn-s": Recipe(epochs=15), "cnn-m": Recipe(epochs=6)},
     exit_model="revcol-tiny", exit_recipe=Recipe(epochs=3), exit_training="joint",
-    # teacher 2 x 20k x 78.5 M = 3.1 TFLOP; on 5k images: cascade 4 x 1.16, lock 0.77, δ 4 x 1.33, δ lock 0.61,
-    # gates 3 x 0.23 TFLOP: 15.4 TFLOP, about 140 s. Baselines 2 epochs x 5k: 6.3 TFLOP, about 60 s.
+    # measured: teacher 2 epochs x 20k 47 s, the phases on 5k images 161 s, a US-Net epoch on 5k 26 s
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=2), stage_epochs=(1, 1, 1, 1), lock_epochs=1,
                                         train_images=5000, bn_images=1024, eval_images=1000),
     supernet_baselines=_baselines(2, 5000),
@@ -142,11 +134,12 @@ PRESETS.register("full", Preset(
     name="full",
     models={"cnn-s": Recipe(epochs=20), "cnn-m": Recipe(epochs=8), "cnn-l": Recipe(epochs=6)},
     exit_model="revcol-s", exit_recipe=Recipe(epochs=5), exit_training="two-stage",
-    # on 50k images: teacher 10 x 3.9, cascade 6 x 11.6, lock 2 x 7.7, δ 6 x 13.3, δ lock 2 x 6.1, gates 3 x 2.25
-    # TFLOP: 223 TFLOP, about 34 min. Baselines 6 epochs each: 6 x (9.0 + 10.3 + 5.4 + 6.7) = 188 TFLOP, about 29 min.
-    supernet_training=SlimmableTraining(teacher=Recipe(epochs=10), stage_epochs=(1, 1, 2, 2), lock_epochs=2,
-                                        eval_images=2000),
-    supernet_baselines=_baselines(6, None),
+    # from SUPERNET_SECONDS_PER_1K: teacher 8 epochs x 50k about 8 min; the phases on 20k images (stages 1, 1, 2, 2
+    # epochs, locking-in 2) about 16 min; the four baselines 5 epochs x 20k about 33 min (a US-Net epoch 104 s,
+    # DS-Net about 1.25x, the random-3 variants about 0.7x and 0.9x)
+    supernet_training=SlimmableTraining(teacher=Recipe(epochs=8), stage_epochs=(1, 1, 2, 2), lock_epochs=2,
+                                        train_images=20000, eval_images=2000),
+    supernet_baselines=_baselines(5, 20000),
     bigsmall_training=CoTraining(epochs=5, eval_images=2000),  # not yet timed on this CPU
     train_limit=None, calib_size=10000, cost_rounds=3, latency_repeats=20, latency_min_s=0.3, runtime_rounds=7,
     timing_samples=5120, batch1_samples=200,

@@ -215,6 +215,19 @@ def _cifar_images(d: dict, path: Path, hint: str) -> np.ndarray:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
+def _cifar_labels(d: dict, key: str, n: int, classes: int, path: Path, hint: str) -> np.ndarray:
+    """The labels under ``key``: one per image, integers in [0, classes); else a DataError naming the file."""
+    if key not in d:
+        raise DataError(f"{path} has no {key!r} entry; it is not a CIFAR batch. {hint}")
+    y = np.asarray(d[key])
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{path} holds {n} images but labels of shape {y.shape}; the file is corrupt. {hint}")
+    if n and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes):
+        raise DataError(f"{path} has labels outside 0..{classes - 1} (min {y.min()}, max {y.max()}); the file is "
+                        f"corrupt or from another dataset. {hint}")
+    return y
+
+
 @DATASETS.register("cifar10")
 def cifar10(root: str | os.PathLike | None = None) -> RawData:
     """CIFAR-10 from the standard python-pickle folder ``cifar-10-batches-py`` ($DYNINFER_CIFAR10)."""
@@ -226,12 +239,13 @@ def cifar10(root: str | os.PathLike | None = None) -> RawData:
         path = folder / f"data_batch_{i}"
         d = _unpickle(path, hint)
         xs.append(_cifar_images(d, path, hint))
-        ys.append(np.asarray(d["labels"]))
+        ys.append(_cifar_labels(d, "labels", len(xs[-1]), 10, path, hint))
     test_path = folder / "test_batch"
     t = _unpickle(test_path, hint)
     meta = _unpickle(folder / "batches.meta", hint)
+    tx = _cifar_images(t, test_path, hint)
     return RawData(_to_split(np.concatenate(xs), np.concatenate(ys)),
-                   _to_split(_cifar_images(t, test_path, hint), np.asarray(t["labels"])),
+                   _to_split(tx, _cifar_labels(t, "labels", len(tx), 10, test_path, hint)),
                    tuple(meta["label_names"]), str(folder))
 
 
@@ -245,7 +259,8 @@ def cifar100(root: str | os.PathLike | None = None) -> RawData:
     for part in ("train", "test"):
         path = folder / part
         d = _unpickle(path, hint)
-        parts[part] = _to_split(_cifar_images(d, path, hint), np.asarray(d["fine_labels"]))
+        x = _cifar_images(d, path, hint)
+        parts[part] = _to_split(x, _cifar_labels(d, "fine_labels", len(x), 100, path, hint))
     meta = _unpickle(folder / "meta", hint)
     return RawData(parts["train"], parts["test"], tuple(meta["fine_label_names"]), str(folder))
 

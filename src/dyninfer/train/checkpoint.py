@@ -73,12 +73,24 @@ def load_state(model: nn.Module, state: dict, where: str) -> None:
     model.load_state_dict(state)
 
 
-def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, seed: int) -> str:
+def cache_key(model_name: str, model_kwargs: dict, data: Dataset, recipe: dict, seed: int,
+              arch: dict | None = None) -> str:
     """Key of a trained model: its name and arguments, the recipe, the seed and the *content* of the data
-    (:attr:`Dataset.fingerprint`), so moved data reuses the cache and changed data invalidates it."""
-    blob = json.dumps({"model": model_name, "kwargs": model_kwargs, "data": [data.spec.name, data.fingerprint],
-                       "recipe": recipe, "seed": seed}, sort_keys=True, default=str)
+    (:attr:`Dataset.fingerprint`), so moved data reuses the cache and changed data invalidates it. ``arch``
+    (:func:`architecture_signature`) covers what a registered name builds, for models that declare it, so a
+    changed layout under the same name retrains instead of loading weights of the same shapes."""
+    record = {"model": model_name, "kwargs": model_kwargs, "data": [data.spec.name, data.fingerprint],
+              "recipe": recipe, "seed": seed}
+    if arch is not None:
+        record["arch"] = arch
+    blob = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def architecture_signature(model: nn.Module) -> dict | None:
+    """The layout a model declares beyond its parameter shapes (its ``shape`` property, e.g. strides), or None."""
+    shape = getattr(model, "shape", None)
+    return dict(shape) if isinstance(shape, dict) else None
 
 
 def load_cached(path: Path, model_name: str, *, device, log, what: str = "",
@@ -111,13 +123,13 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
     from .trainer import accuracy, train
 
     model_kwargs = model_kwargs or {}
-    key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed)
+    torch.manual_seed(seed)
+    model = create_model(model_name, data.spec, **model_kwargs)
+    key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed, arch=architecture_signature(model))
     path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{model_name}-{key}.pt"
     cached = load_cached(path, model_name, device=device, log=log)
     if cached is not None:
         return cached
-    torch.manual_seed(seed)
-    model = create_model(model_name, data.spec, **model_kwargs)
     res = train(model, data.train, recipe, seed=seed, device=device, desc=model_name, progress=progress)
     meta = {
         "model": model_name, "model_kwargs": model_kwargs, "dataset": data.meta, "recipe": recipe.to_dict(),

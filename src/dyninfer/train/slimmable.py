@@ -25,7 +25,8 @@ without a teacher, δ substitutes or Var Gates (``recipe``):
 
 * ``usnet`` (US-Net, Yu & Huang 2019) — per step the sandwich rule over uniform widths (the largest with
   the labels, the smallest and two random widths distilled in place from the largest's softmax), SGD with
-  Nesterov momentum and a cosine schedule, then BN recalibration (``bn`` norm);
+  Nesterov momentum, a linear warm-up (5% of the steps) and a cosine schedule on the subnets' mean loss,
+  then BN recalibration (``bn`` norm);
 * ``dsnet`` (DS-Net supernet training, Li et al. 2021, its gate left out) — the same sandwich, the smaller
   subnets distilled from an exponential moving average of the supernet at its largest width (in-place
   ensemble bootstrapping), then BN recalibration.
@@ -58,7 +59,7 @@ from ..io import cache_dir
 from ..models.adapta import STAGES, AdaptaResNet, check_same_shape
 from ..models.elastic import WIDTHS, recalibrate_bn
 from ..registry import check_keys
-from .checkpoint import cache_key, cached_model, load_state, read_checkpoint, save_checkpoint
+from .checkpoint import architecture_signature, cache_key, cached_model, load_state, read_checkpoint, save_checkpoint
 from .recipe import Recipe
 from .trainer import accuracy, shuffled_batches
 
@@ -322,7 +323,8 @@ def random_config(rng: np.random.Generator) -> dict:
 
 def baseline_step(student: AdaptaResNet, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *,
                   recipe: str, sampling: str, ema: AdaptaResNet | None = None) -> tuple[torch.Tensor, int]:
-    """The loss of one US-Net or DS-Net step on batch (x, y) (see the module doc). Returns (loss, subnets run)."""
+    """The summed loss of one US-Net or DS-Net step on batch (x, y) (see the module doc). Returns (loss, subnets
+    run); the trainer steps on their mean."""
     target = None
     if recipe == "dsnet":
         if ema is None:
@@ -337,7 +339,7 @@ def baseline_step(student: AdaptaResNet, x: torch.Tensor, y: torch.Tensor, rng: 
             student.set_active_subnet(c)
             out = student(x)
             loss = loss + (F.cross_entropy(out, y) if target is None else soft_ce(out, target))
-        return loss / 3, 3  # type: ignore[return-value]
+        return loss, 3  # type: ignore[return-value]
     cfgs = [student.largest(), student.smallest()] + [uniform_cfg(float(rng.choice(WIDTHS))) for _ in range(2)]
     student.set_active_subnet(cfgs[0])
     big = student(x)  # (B, K)
@@ -365,11 +367,13 @@ def _run_baseline_epoch(name: str, student: AdaptaResNet, data: Split, t: Slimma
     loss_ema = float("nan")
     bar = tqdm(shuffled_batches(data, t.batch_size, g), total=steps, desc=name, disable=not progress, leave=False,
                mininterval=1.0)
+    warmup = max(1, total // 20)
     for i, (x, y) in enumerate(bar):
         k = epoch * steps + i
-        for group in opt.param_groups:
-            group["lr"] = 0.5 * t.baseline_lr * (1 + np.cos(np.pi * k / total))
-        loss, _ = baseline_step(student, x, y, rng, recipe=t.recipe, sampling=t.sampling, ema=ema)
+        for group in opt.param_groups:  # linear warm-up over the first 5% of steps, then cosine to 0
+            group["lr"] = min(1.0, (k + 1) / warmup) * 0.5 * t.baseline_lr * (1 + np.cos(np.pi * k / total))
+        loss, n = baseline_step(student, x, y, rng, recipe=t.recipe, sampling=t.sampling, ema=ema)
+        loss = loss / n  # the mean over the step's subnets: their summed loss diverged at this rate (GN, batch 64)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -525,10 +529,10 @@ def fit_slimmable(model_name: str, data: Dataset, training: SlimmableTraining, *
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    key = cache_key(model_name, model_kwargs, data, training.to_dict(), seed)
-    folder = Path(root or cache_dir() / "supernets") / data.spec.name / f"{model_name}-{key}"
     torch.manual_seed(seed)
     student: AdaptaResNet = create_model(model_name, data.spec, **model_kwargs).to(device)  # type: ignore[assignment]
+    key = cache_key(model_name, model_kwargs, data, training.to_dict(), seed, arch=architecture_signature(student))
+    folder = Path(root or cache_dir() / "supernets") / data.spec.name / f"{model_name}-{key}"
     if teacher is not None:
         student.load_state_dict(teacher.state_dict())
     names = phases(student, training)

@@ -1,4 +1,5 @@
-"""The slimmable method's own figures (AdaptaNet): Table II (uniform, mixed and runtime-random subnets of
+"""The slimmable method's own figures (AdaptaNet): Table I (time and energy of the full-width network with
+BN, GN and LN, of the AdaptaNet teacher and of its δ substitutes, at batch 1 and at the serving batch), Table II (uniform, mixed and runtime-random subnets of
 AdaptaNet, AdaptaNet(δ) and the US-Net / DS-Net baselines), Fig. 3 (validation accuracy after every training
 phase), Fig. 4 (accuracy against Var Gate confidence per gate and width), Table III (pull-up / pull-down in
 three scopes next to uniform slimming at matched FLOPs, the runtime-random mixture and the confidence
@@ -16,9 +17,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ...errors import ConfigError
 from ...models.adapta import config_name
+from ...models.elastic import NORMS
+from ...models.registry import create_model
+from ...runtime.cost import EnergyMeter, count_flops, interleaved_latency
 from ...paths import SupernetPaths
 from ...report.plots import pyplot, save, tradeoff_plot
 from ...report.tables import markdown_table
@@ -51,6 +56,73 @@ class SlimmableFigures:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
+
+
+def _infer(model, x, batch: int) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch):
+                model(x[i:i + batch])
+    return run
+
+
+def table1(ev, cfg: "SlimmableFigures", log) -> tuple[dict, str]:
+    """Time per image at batch 1 and at the serving batch, and energy per image, of the full-width network with
+    each normalisation (BN, GN, LN; untrained copies: time does not depend on the weights), of the trained
+    AdaptaNet teacher (the supernet's ``x1``) and of its δ substitutes (``x1-d``), timed in interleaved rounds."""
+    prep, sb = ev.prep, ev.cfg.serving_batch
+    preset = prep.preset
+    dev = torch.device(ev.cfg.device)
+    nets = {}
+    for norm in NORMS:
+        sup = create_model(preset.supernet_model, prep.data.spec, norm=norm)
+        nets[f"{norm.upper()} (x1, untrained copy)"] = sup.get_active_subnet().eval().to(dev)
+    models = prep.paths.models
+    teacher_kind = getattr(prep.paths.supernet, "norm_kind", "gn").upper()
+    nets[f"{teacher_kind} (AdaptaNet teacher, x1)"] = models["x1"]
+    if "x1-d" in models:
+        nets[f"{teacher_kind} (AdaptaNet δ, x1-d)"] = models["x1-d"]
+    xs = ev.test.inputs()[:preset.timing_samples].to(dev)
+    x1 = ev.test.inputs()[:preset.batch1_samples].to(dev)
+    rounds = max(3, preset.runtime_rounds)
+    log(f"[table1] {len(nets)} networks, {rounds} interleaved rounds: batch 1 over {len(x1)} images, batch {sb} "
+        f"over {len(xs)}")
+    lat1 = interleaved_latency({k: _infer(m, x1, 1) for k, m in nets.items()}, rounds=rounds, warmup=1,
+                               clock=ev.cfg.clock)
+    latb = interleaved_latency({k: _infer(m, xs, sb) for k, m in nets.items()}, rounds=rounds, warmup=1,
+                               clock=ev.cfg.clock)
+    res, rows = {}, []
+    for k, m in nets.items():
+        meter = EnergyMeter(dev, ev.cfg.cpu_watts_per_thread)
+        with meter:
+            _infer(m, xs, sb)()
+        res[k] = {"batch1_ms": lat1[k]["median_ms"] / len(x1), "serving_ms": latb[k]["median_ms"] / len(xs),
+                  "batch1_times_ms": lat1[k]["times_ms"], "serving_times_ms": latb[k]["times_ms"],
+                  "energy_mj_per_image": 1e3 * meter.joules / len(xs), "energy_source": meter.source,
+                  "flops": float(count_flops(m, prep.paths.input_shape))}
+        rows.append([k, f"{res[k]['flops'] / 1e6:.2f}", f"{res[k]['batch1_ms']:.3f}", f"{res[k]['serving_ms']:.4f}",
+                     f"{res[k]['energy_mj_per_image']:.3f}"])
+    speed = {}
+    t, d = f"{teacher_kind} (AdaptaNet teacher, x1)", f"{teacher_kind} (AdaptaNet δ, x1-d)"
+    if d in res:
+        for where, lat in (("batch1", lat1), ("serving", latb)):
+            ratio = np.asarray(lat[t]["times_ms"]) / np.asarray(lat[d]["times_ms"])  # paired rounds
+            speed[where] = {"median": float(np.median(ratio)), "min": float(ratio.min()), "max": float(ratio.max())}
+        res["delta_speedup"] = speed
+    energy_source = next(iter(res.values()))["energy_source"]
+    md = (f"Time per image at batch 1 ({len(x1)} images one at a time) and at batch {sb} ({len(xs)} images), the "
+          f"median of {rounds} interleaved rounds ({ev.cfg.clock} clock), and energy per image over one pass at "
+          f"batch {sb} ({energy_source}). The BN / GN / LN rows are untrained copies of the full-width network "
+          "(time does not depend on the weights); the AdaptaNet rows are the trained supernet's static subnets.\n\n"
+          + markdown_table(["network", "MFLOPs", "ms / image, batch 1", f"ms / image, batch {sb}",
+                            "energy mJ / image"], rows))
+    if speed:
+        md += (f"\nδ substitutes against the full-depth network at x1 (per-round ratio, median [min, max] over "
+               f"{rounds} rounds): **{speed['batch1']['median']:.2f}×** "
+               f"[{speed['batch1']['min']:.2f}, {speed['batch1']['max']:.2f}] at batch 1, "
+               f"**{speed['serving']['median']:.2f}×** [{speed['serving']['min']:.2f}, {speed['serving']['max']:.2f}] "
+               f"at batch {sb}.\n")
+    return res, md
 
 
 def _column(trace, names: list[str], passes: int, seed: int) -> dict:
@@ -273,6 +345,7 @@ def frontier(ev, cols, curves, path, x: str) -> None:
 
 
 def make(ev, cfg: SlimmableFigures, log: Callable[[str], None]) -> list[Section]:
+    res1, md1 = table1(ev, cfg, log)
     cols, md2, metas = table2(ev, cfg, log)
     data4 = fig4_data(ev.calib, cfg.bins)
     res3, md3, curves = table3(ev, cfg, log)
@@ -282,6 +355,8 @@ def make(ev, cfg: SlimmableFigures, log: Callable[[str], None]) -> list[Section]
     seconds = {k: {p: v["seconds"] for p, v in ph.items()} for k, ph in phases.items()}
     md_time = "\n".join(f"- {k}: " + ", ".join(f"{p} {s:.1f} s" for p, s in v.items()) for k, v in seconds.items() if v)
     return [
+        Section("slimmable_table1", "Table I — normalisation, the AdaptaNet teacher and δ: time and energy", md1,
+                {"networks": res1}),
         Section("slimmable_table2", "Table II — uniform, mixed and runtime-random subnets", md2,
                 {"columns": cols}),
         Section("slimmable_fig3", "Fig. 3 — validation accuracy after every training phase",
