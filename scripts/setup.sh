@@ -41,5 +41,5 @@ step "pip itself" .venv/bin/python -m pip install -q --upgrade pip
 step "torch==2.14.1, torchvision==0.29.1 (a few minutes the first time)" \
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 step "dyninfer with its ONNX, serving, Ray and detection extras and its test dependencies" \
-  .venv/bin/python -m pip install -q -e ".[test,onnx,serve,ray,detection]"
+  .venv/bin/python -m pip install -q -e ".[test,onnx,serve,ray,detection,search]"
 echo "[setup] done: $(.venv/bin/dyninfer list methods | cut -d: -f1 | paste -sd, -) ready"

@@ -75,7 +75,7 @@ class Slimmable(Cascade):
     """
 
     path_kind = "supernet"
-    experimental = True  # its Fashion-MNIST figures are not measured yet; `dyninfer compare` runs it when named
+    experimental = True  # its supernet trains for minutes beyond the pool (quick: about 4); `dyninfer compare` runs it when named
     routers = ROUTERS
 
     def __init__(self, *, stages: Sequence[str] | None = None, scores: Sequence[str] = ("gate",), gate: int = -1,

@@ -1,0 +1,24 @@
+"""Search strategies of the big/little NAS method (NAS-for-dynamic-inference paper, 3.5): each looks for a
+little/big *pair* of an already-trained :class:`~dyninfer.models.bigsmall.BigSmallSupernet` under a router,
+scored by the dynamic system's accuracy and expected cost.
+
+* :mod:`~dyninfer.search.fitness` — :class:`PairEvaluator` (a pair's dynamic accuracy, exit rate, expected FLOPs
+  and predicted latency, cached by encoding, with the search's cost) and :class:`LatencyTable` (measured block
+  latencies);
+* :mod:`~dyninfer.search.evolution` — multi-objective evolution with Optuna's NSGA-II sampler, resumable from a
+  journal file (:func:`evolutionary_search`; needs the ``search`` extra);
+* :mod:`~dyninfer.search.predictor` — once-for-all style: an MLP accuracy predictor trained on measured pairs,
+  then Pareto-optimal pairs chosen from many sampled ones without further training (:func:`predictor_search`);
+* :mod:`~dyninfer.search.darts` — DARTS style (first order): a continuous relaxation of every choice of the pair,
+  architecture weights on the validation split and network weights on the training split, then the argmax pair
+  (:func:`darts_search`, resumable per epoch).
+"""
+
+from .darts import ArchParameters, DartsResult, darts_search, expected_flops, relaxed_logits
+from .evolution import SearchResult, evolutionary_search
+from .fitness import OBJECTIVES, LatencyTable, PairEvaluator, PairRecord, dominates, hypervolume, pareto_indices
+from .predictor import AccuracyPredictor, PredictorResult, one_hot, predictor_search, train_predictor
+
+__all__ = ["OBJECTIVES", "AccuracyPredictor", "ArchParameters", "DartsResult", "LatencyTable", "PairEvaluator", "PairRecord", "PredictorResult",
+           "SearchResult", "darts_search", "dominates", "evolutionary_search", "expected_flops", "hypervolume", "one_hot", "pareto_indices",
+           "predictor_search", "relaxed_logits", "train_predictor"]

@@ -1,0 +1,268 @@
+"""Once-for-all style search for a little/big pair (NAS-for-dynamic-inference paper, 3.5.3).
+
+The supernet is trained once; then an **accuracy predictor** — a small MLP on the pair's architecture encoding,
+one-hot per choice (:func:`one_hot`) — is trained on pairs measured by a
+:class:`~dyninfer.search.fitness.PairEvaluator` (a held-out share of them scores it: RMSE in accuracy points),
+and Pareto-optimal pairs are chosen among many sampled pairs by *predicted* accuracy against FLOPs, without
+training or running any of them.
+
+The dynamic system's expected FLOPs depend on how many images the little subnet keeps, which counting cannot
+give; so the predictor has a second output, the exit rate, and a candidate's cost is its counted FLOPs
+``little + (1 - predicted exit rate) x big`` (both outputs squashed into [0, 1]). Optionally the chosen pairs are
+measured afterwards, to report predicted against measured accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..check import number
+from ..errors import ConfigError
+from ..models.bigsmall import FIELDS, PairConfig, SearchSpace
+from .fitness import PairEvaluator, PairRecord, pareto_indices
+
+
+def one_hot(space: SearchSpace, encodings: Any) -> torch.Tensor:
+    """Pair encodings (n, L) of :meth:`~dyninfer.models.bigsmall.SearchSpace.encode` as one-hot features
+    (n, sum of the choice counts over the entries): each entry becomes a block as wide as its field's choices.
+    An out-of-range entry is a ConfigError naming it and the allowed values."""
+    arr = np.asarray(encodings)
+    if arr.ndim == 1:
+        arr = arr[None]
+    length = space.encoding_lengths()["pair"]
+    if arr.ndim != 2 or arr.shape[1] != length:
+        raise ConfigError(f"pair encodings are (n, {length}) integer choice indices; got shape {arr.shape}")
+    for row in arr:
+        space.decode(row)  # names a bad entry and its allowed values
+    arr = arr.astype(np.int64)
+    sizes = [len(space.choices(FIELDS[j % len(FIELDS)])) for j in range(length)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = np.zeros((arr.shape[0], int(sum(sizes))), np.float32)
+    rows = np.repeat(np.arange(arr.shape[0]), length)
+    out[rows, (arr + offsets[None]).ravel()] = 1.0
+    return torch.from_numpy(out)
+
+
+class AccuracyPredictor(nn.Module):
+    """MLP one-hot pair encoding -> (dynamic accuracy, exit rate), both in [0, 1] (sigmoid outputs).
+
+    Args:
+        space: the search space whose pairs it reads.
+        hidden: hidden units per layer.
+        layers: hidden layers.
+    """
+
+    def __init__(self, space: SearchSpace, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        number("hidden", hidden, lo=1, integer=True)
+        number("layers", layers, lo=1, integer=True)
+        self.space = space
+        width = int(one_hot(space, np.zeros(space.encoding_lengths()["pair"], np.int64)).shape[1])
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [nn.Linear(width if i == 0 else hidden, hidden), nn.ReLU()]
+        self.mlp = nn.Sequential(*mods, nn.Linear(hidden, 2))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, 2) predicted (accuracy, exit rate) from one-hot features (n, D)."""
+        return torch.sigmoid(self.mlp(features))
+
+    @torch.no_grad()
+    def predict(self, encodings: Any) -> np.ndarray:
+        """(n, 2) predicted (accuracy, exit rate) of pair encodings (n, L)."""
+        self.eval()
+        return self(one_hot(self.space, encodings)).numpy().astype(np.float64)
+
+
+def _rmse_points(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(100.0 * np.sqrt(np.mean((pred - target) ** 2))) if len(target) else math.nan
+
+
+def train_predictor(records: Sequence[PairRecord], space: SearchSpace, *, holdout: float = 0.25, hidden: int = 64,
+                    layers: int = 2, epochs: int = 400, lr: float = 3e-3, weight_decay: float = 1e-4,
+                    seed: int = 0) -> tuple[AccuracyPredictor, dict]:
+    """Train an :class:`AccuracyPredictor` on measured pairs (full batch, AdamW, mean squared error on both
+    outputs), holding out a random ``holdout`` share of them (distinct pairs) to score it.
+
+    Returns:
+        (predictor in eval mode, report: ``rmse_points`` / ``train_rmse_points`` — accuracy RMSE in points on the
+        held-out / training pairs — ``exit_rmse_points`` on the held-out pairs, ``n_train``, ``n_holdout``,
+        ``seconds``).
+    """
+    number("holdout", holdout, lo=0, hi=1, hi_open=True)
+    number("epochs", epochs, lo=1, integer=True)
+    number("lr", lr, lo=0, lo_open=True)
+    number("weight_decay", weight_decay, lo=0)
+    number("seed", seed, lo=0, integer=True)
+    distinct = list({r.encoding: r for r in records}.values())
+    n_hold = int(round(holdout * len(distinct)))
+    if len(distinct) - n_hold < 2 or (holdout > 0 and n_hold < 1):
+        raise ConfigError(f"a predictor needs at least 2 training pairs and, with holdout > 0, one held-out pair; "
+                          f"got {len(distinct)} distinct measured pairs at holdout {holdout}")
+    t0 = time.perf_counter()
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    hold, train = order[:n_hold], order[n_hold:]
+    enc = np.array([r.encoding for r in distinct], np.int64)
+    target = np.array([[r.accuracy, r.exit_rate] for r in distinct], np.float32)
+    torch.manual_seed(seed)
+    model = AccuracyPredictor(space, hidden, layers)
+    x, y = one_hot(space, enc[train]), torch.from_numpy(target[train])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    for _ in range(epochs):
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    pred_train = model.predict(enc[train])
+    report = {"train_rmse_points": _rmse_points(pred_train[:, 0], target[train, 0]),
+              "n_train": int(len(train)), "n_holdout": int(len(hold))}
+    if len(hold):
+        pred = model.predict(enc[hold])
+        report.update(rmse_points=_rmse_points(pred[:, 0], target[hold, 0]),
+                      exit_rmse_points=_rmse_points(pred[:, 1], target[hold, 1]))
+    else:
+        report.update(rmse_points=math.nan, exit_rmse_points=math.nan)
+    report["seconds"] = time.perf_counter() - t0
+    return model, report
+
+
+@dataclass
+class Candidate:
+    """A pair chosen by predicted values: its encoding, predicted accuracy and exit rate, counted little / big
+    FLOPs, the predicted expected FLOPs and, once re-measured, its :class:`PairRecord`."""
+
+    encoding: tuple[int, ...]
+    pair: dict
+    predicted_accuracy: float
+    predicted_exit_rate: float
+    little_flops: int
+    big_flops: int
+    predicted_flops: float
+    measured: PairRecord | None = None
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("pair", "predicted_accuracy", "predicted_exit_rate", "little_flops",
+                                           "big_flops", "predicted_flops")}
+        return {"encoding": list(self.encoding), **d,
+                "measured": self.measured.as_dict() if self.measured is not None else None}
+
+
+@dataclass
+class PredictorResult:
+    """What :func:`predictor_search` found: the measured pairs the predictor learned from, its report, the chosen
+    (predicted-Pareto) candidates by increasing predicted FLOPs, how many candidates were scored, the comparison
+    of predicted and measured accuracy of the re-measured ones, and the search cost."""
+
+    measured: list[PairRecord]
+    predictor: AccuracyPredictor
+    report: dict
+    front: list[Candidate]
+    candidates: int
+    remeasured: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"measured": [r.as_dict() for r in self.measured], "report": self.report,
+                "front": [c.as_dict() for c in self.front], "candidates": self.candidates,
+                "remeasured": self.remeasured, "cost": self.cost}
+
+
+def _distinct_pairs(space: SearchSpace, n: int, rng: np.random.Generator, seen: set) -> list[PairConfig]:
+    out: list[PairConfig] = []
+    tries = 0
+    while len(out) < n and tries < 20 * n + 100:
+        tries += 1
+        p = space.sample_pair(rng)
+        key = tuple(int(v) for v in space.encode(p))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def predictor_search(evaluator: PairEvaluator, *, measure: int = 64, candidates: int = 2000, holdout: float = 0.25,
+                     remeasure: int = 0, seed: int = 0, hidden: int = 64, layers: int = 2, epochs: int = 400,
+                     lr: float = 3e-3, include_corners: bool = True, log: Callable[[str], None] | None = None,
+                     progress: bool = False) -> PredictorResult:
+    """Once-for-all style search (see the module doc).
+
+    Args:
+        evaluator: measures the training pairs (and the re-measured ones) at its threshold.
+        measure: distinct random pairs measured to train and score the predictor (plus the largest and smallest
+            pairs with ``include_corners``).
+        candidates: distinct random pairs scored by the predictor alone.
+        holdout: share of the measured pairs held out to score the predictor.
+        remeasure: how many of the chosen pairs (spread over the front) to measure afterwards (0: none).
+        seed: draws the pairs and initialises the predictor.
+        hidden, layers, epochs, lr: the predictor and its training (:func:`train_predictor`).
+        log: receives a line per step.
+        progress: a tqdm bar over the measured pairs.
+
+    Returns:
+        :class:`PredictorResult`.
+    """
+    number("measure", measure, lo=3, integer=True)
+    number("candidates", candidates, lo=1, integer=True)
+    number("remeasure", remeasure, lo=0, integer=True)
+    if not isinstance(evaluator, PairEvaluator):
+        raise ConfigError(f"evaluator must be a PairEvaluator, got {type(evaluator).__name__}")
+    say = log or (lambda s: None)
+    space, net = evaluator.space, evaluator.supernet
+    rng = np.random.default_rng(seed)
+    ran0, cpu0 = evaluator.evaluated, evaluator.cpu_seconds
+    seen: set = set()
+    pairs: list[PairConfig] = []
+    if include_corners:
+        for p in (PairConfig(net.max_subnet("little"), net.max_subnet("big")),
+                  PairConfig(net.min_subnet("little"), net.min_subnet("big"))):
+            seen.add(tuple(int(v) for v in space.encode(p)))
+            pairs.append(p)
+    pairs += _distinct_pairs(space, measure, rng, seen)
+    from tqdm.auto import tqdm
+
+    measured = [evaluator.evaluate(p) for p in tqdm(pairs, desc="measure pairs", disable=not progress, leave=False)]
+    say(f"[search] predictor: measured {len(measured)} pairs "
+        f"({evaluator.evaluated - ran0} run, {evaluator.cpu_seconds - cpu0:.1f} CPU s)")
+    model, report = train_predictor(measured, space, holdout=holdout, hidden=hidden, layers=layers, epochs=epochs,
+                                    lr=lr, seed=seed)
+    say(f"[search] predictor: held-out accuracy RMSE {report['rmse_points']:.2f} points on {report['n_holdout']} "
+        f"pairs (train {report['train_rmse_points']:.2f} on {report['n_train']})")
+    pool = _distinct_pairs(space, candidates, rng, set())
+    enc = np.stack([space.encode(p) for p in pool])
+    pred = model.predict(enc)  # (n, 2)
+    fl = np.array([net.flops(p.little) for p in pool], np.float64)
+    fb = np.array([net.flops(p.big) for p in pool], np.float64)
+    cost = fl + (1.0 - pred[:, 1]) * fb
+    front = [Candidate(tuple(int(v) for v in enc[i]), pool[i].as_dict(), float(pred[i, 0]), float(pred[i, 1]),
+                       int(fl[i]), int(fb[i]), float(cost[i]))
+             for i in pareto_indices(list(zip(pred[:, 0], cost)))]
+    say(f"[search] predictor: {len(front)} predicted-Pareto pairs among {len(pool)} candidates")
+    remeasured: dict = {}
+    if remeasure and front:
+        picks = sorted(set(np.linspace(0, len(front) - 1, min(remeasure, len(front))).round().astype(int).tolist()))
+        for i in picks:
+            front[i].measured = evaluator.evaluate(front[i].encoding)
+        chosen = [front[i] for i in picks]
+        p_acc = np.array([c.predicted_accuracy for c in chosen])
+        m_acc = np.array([c.measured.accuracy for c in chosen])  # type: ignore[union-attr]
+        remeasured = {"n": len(chosen), "rmse_points": _rmse_points(p_acc, m_acc),
+                      "predicted": p_acc.tolist(), "measured": m_acc.tolist(),
+                      "predicted_flops": [c.predicted_flops for c in chosen],
+                      "measured_flops": [c.measured.flops for c in chosen]}  # type: ignore[union-attr]
+        say(f"[search] predictor: {len(chosen)} chosen pairs re-measured, accuracy RMSE "
+            f"{remeasured['rmse_points']:.2f} points")
+    cost_report = {"evaluated": evaluator.evaluated - ran0, "cpu_seconds": evaluator.cpu_seconds - cpu0,
+                   "predictor_seconds": report["seconds"], "candidates_scored": len(pool)}
+    return PredictorResult(measured, model, report, front, len(pool), remeasured, cost_report)
+
+
+__all__ = ["AccuracyPredictor", "Candidate", "PredictorResult", "one_hot", "predictor_search", "train_predictor"]
