@@ -37,6 +37,7 @@ FIGURE_OPTIONS: Registry[FigureOptions] = Registry("figure options")
 # Modules that register subcommands and figure options when imported.
 COMMAND_MODULES = [
     "dyninfer.commands_core",
+    "dyninfer.methods.bigsmall.cli",
     "dyninfer.methods.early_exit.cli",
     "dyninfer.methods.selection.cli",
     "dyninfer.serve.cli",

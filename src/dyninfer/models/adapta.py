@@ -481,8 +481,9 @@ def check_same_shape(net: AdaptaResNet, arch: Mapping[str, Any], where: str) -> 
         theirs = create_model(arch["name"], spec_from_dict(arch["spec"]), **arch["kwargs"])
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{where} does not describe a supernet ({type(e).__name__}: {e})") from None
-    if not isinstance(theirs, AdaptaResNet) or theirs.shape != net.shape:
-        other = theirs.shape if isinstance(theirs, AdaptaResNet) else arch.get("name")
+    recorded = arch.get("layout")  # the layout the file was written for (None in files older than the record)
+    if not isinstance(theirs, AdaptaResNet) or (recorded or theirs.shape) != net.shape:
+        other = (recorded or theirs.shape) if isinstance(theirs, AdaptaResNet) else arch.get("name")
         raise CheckpointError(f"{where} holds a supernet of shape {other}; this supernet has shape {net.shape}. "
                               f"Train this shape, or build the supernet the checkpoint was written for.")
 

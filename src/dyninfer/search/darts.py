@@ -420,7 +420,7 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
                  weight_lr: float = 1e-3, eta: float = 1.0, threshold: float = 0.9,
                  evaluator: PairEvaluator | None = None, folder: str | Path | None = None, seed: int = 0,
                  batch_size: int = 64, steps_per_epoch: int | None = None, little_weight: float = 1.0,
-                 big_weight: float = 1.0, update_supernet: bool = False,
+                 big_weight: float = 1.0, update_supernet: bool = False, signature: dict | None = None,
                  log: Callable[[str], None] | None = None, progress: bool = False) -> DartsResult:
     """First-order DARTS over the pairs of a trained big/little supernet (see the module doc).
 
@@ -441,6 +441,8 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         steps_per_epoch: steps (one α step and one weight step each) per epoch; default one pass over ``train``.
         little_weight, big_weight: weights of the little and big cross-entropies.
         update_supernet: copy the searched weights into ``supernet`` at the end.
+        signature: what the search depends on beyond the settings (the supernet's checkpoint, the data): kept
+            with the state, and a resumed search with another one is refused.
         log: receives one line per epoch (default: none).
         progress: a tqdm bar per epoch.
     """
@@ -472,7 +474,7 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
     settings = {"arch_lr": float(arch_lr), "weight_lr": float(weight_lr), "eta": float(eta),
                 "threshold": float(threshold), "seed": int(seed), "batch_size": int(batch_size), "steps": int(steps),
                 "little_weight": float(little_weight), "big_weight": float(big_weight),
-                "first_order": True, "train_images": len(train), "val_images": len(val)}
+                "first_order": True, "train_images": len(train), "val_images": len(val), "signature": signature}
 
     net = copy.deepcopy(supernet)
     dev = model_device(net)

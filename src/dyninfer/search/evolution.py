@@ -48,7 +48,7 @@ def _optuna():
         import optuna
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ConfigError("the evolutionary search needs Optuna: install the search extra, "
-                          "pip install 'dyninfer[search]' (optuna>=3.6)") from e
+                          "pip install 'dyninfer[search]' (optuna>=4.0)") from e
     return optuna
 
 
@@ -160,7 +160,8 @@ def _front(records: list[PairRecord], objective: str) -> list[PairRecord]:
 def evolutionary_search(evaluator: PairEvaluator, *, population: int = 16, generations: int = 5,
                         objective: str = "flops", folder: str | Path | None = None, study_name: str = "bigsmall",
                         seed: int = 0, mutation_prob: float | None = None, crossover_prob: float = 0.9,
-                        log: Callable[[str], None] | None = None, progress: bool = False) -> SearchResult:
+                        signature: dict | None = None, log: Callable[[str], None] | None = None,
+                        progress: bool = False) -> SearchResult:
     """Search pairs of ``evaluator``'s supernet with NSGA-II (see the module doc).
 
     Args:
@@ -173,6 +174,9 @@ def evolutionary_search(evaluator: PairEvaluator, *, population: int = 16, gener
         study_name: the study inside the journal.
         seed: the sampler's seed (plus the number of trials already done, on resume).
         mutation_prob, crossover_prob: NSGA-II's (default mutation: 1 / number of choices).
+        signature: what the scores depend on beyond the settings (the supernet's checkpoint, the scoring and
+            batch-norm images, the data): stored with the study, and a resumed study with another one is refused,
+            so stale scores are never reused.
         log: receives one line per generation.
         progress: Optuna's progress bar and per-trial log lines.
 
@@ -206,7 +210,8 @@ def evolutionary_search(evaluator: PairEvaluator, *, population: int = 16, gener
                                     directions=["maximize", "minimize"])
         attrs = study.user_attrs
         if attrs:  # an existing study: it must be the same search
-            want = {"objective": objective, "population": population, "threshold": evaluator.threshold}
+            want = {"objective": objective, "population": population, "threshold": evaluator.threshold,
+                    "signature": signature}
             have = {k: attrs.get(k) for k in want}
             if have != want:
                 raise ConfigError(f"{folder / JOURNAL if folder else 'the study'} holds a search with {have}; "
@@ -215,6 +220,7 @@ def evolutionary_search(evaluator: PairEvaluator, *, population: int = 16, gener
             study.set_user_attr("objective", objective)
             study.set_user_attr("population", population)
             study.set_user_attr("threshold", evaluator.threshold)
+            study.set_user_attr("signature", signature)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)  # left by an interruption
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -233,7 +239,7 @@ def evolutionary_search(evaluator: PairEvaluator, *, population: int = 16, gener
             trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             trials = [t for t in trials if "record" in t.user_attrs]
             records = [PairRecord.from_dict(t.user_attrs["record"]) for t in trials]
-            gens = [int(t.system_attrs.get(sampler._get_generation_key(), t.number // population)) for t in trials]
+            gens = [int(t.system_attrs.get(getattr(sampler, "_get_generation_key", lambda: "nsga2:generation")(), t.number // population)) for t in trials]
             counts = {g: gens.count(g) for g in set(gens)}
             full = sum(1 for g in counts.values() if g >= population)
             return SearchResult(objective, population, full, records, gens, _front(records, objective),

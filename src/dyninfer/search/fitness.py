@@ -470,17 +470,13 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def pareto_indices(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices of the non-dominated points of (accuracy to maximise, cost to minimise), by increasing cost;
-    of equal points the first is kept."""
-    pts = [(float(a), float(c)) for a, c in points]
-    if any(not (math.isfinite(a) and math.isfinite(c)) for a, c in pts):
+    of equal points the first is kept (the shared :func:`~dyninfer.evaluate.frontier.pareto_front`)."""
+    from ..evaluate.frontier import pareto_front
+
+    pts = np.array([(float(a), float(c)) for a, c in points], float).reshape(-1, 2)
+    if not np.isfinite(pts).all():
         raise ConfigError("pareto_indices needs finite (accuracy, cost) points")
-    order = sorted(range(len(pts)), key=lambda i: (pts[i][1], -pts[i][0], i))
-    front, best = [], -math.inf
-    for i in order:
-        if pts[i][0] > best:
-            front.append(i)
-            best = pts[i][0]
-    return front
+    return [int(i) for i in pareto_front(pts[:, 1], pts[:, 0])]
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference_cost: float, reference_accuracy: float = 0.0) -> float:

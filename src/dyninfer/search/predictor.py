@@ -96,6 +96,14 @@ def train_predictor(records: Sequence[PairRecord], space: SearchSpace, *, holdou
         held-out / training pairs — ``exit_rmse_points`` on the held-out pairs, ``n_train``, ``n_holdout``,
         ``seconds``).
     """
+    with torch.random.fork_rng():  # its seeded initialisation leaves the caller's random state alone
+        return _train_predictor(records, space, holdout=holdout, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
+                                weight_decay=weight_decay, seed=seed)
+
+
+def _train_predictor(records: Sequence[PairRecord], space: SearchSpace, *, holdout: float = 0.25, hidden: int = 64,
+                    layers: int = 2, epochs: int = 400, lr: float = 3e-3, weight_decay: float = 1e-4,
+                    seed: int = 0) -> tuple[AccuracyPredictor, dict]:
     number("holdout", holdout, lo=0, hi=1, hi_open=True)
     number("epochs", epochs, lo=1, integer=True)
     number("lr", lr, lo=0, lo_open=True)

@@ -24,7 +24,20 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None
     arch = getattr(model, "dyninfer_arch", None)
     if arch is None:
         raise CheckpointError("model was not built by dyninfer.models.create_model; cannot record its architecture")
+    layout = architecture_signature(model)
+    if layout is not None:  # what the name builds today may change; the file keeps what it was written for
+        arch = {**arch, "layout": layout}
     return write_payload(path, {"format": FORMAT, "arch": arch, "state_dict": model.state_dict(), "meta": meta or {}})
+
+
+def check_layout(model: nn.Module, arch: dict, where: str) -> None:
+    """Raise CheckpointError when the layout recorded in a checkpoint's ``arch`` differs from ``model``'s (files
+    written before layouts were recorded carry none and are not checked)."""
+    have, want = arch.get("layout"), architecture_signature(model)
+    if have is not None and want is not None and have != want:
+        raise CheckpointError(f"{where} holds a {arch.get('name')!r} of layout {have}; {arch.get('name')!r} builds "
+                              f"{want} now. Retrain it (the cache does so on its own), or load it with the version "
+                              f"that wrote it.")
 
 
 def read_checkpoint(path: str | os.PathLike, *, fmt: str = FORMAT, what: str = "checkpoint") -> dict:
@@ -51,6 +64,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: str | None = None,
     if expect_model is not None and arch["name"] != expect_model:
         raise CheckpointError(f"checkpoint {path} holds a {arch['name']!r}, not a {expect_model!r}")
     model = create_model(arch["name"], spec_from_dict(arch["spec"]), **arch["kwargs"])
+    check_layout(model, arch, f"checkpoint {path}")
     load_state(model, payload["state_dict"], str(path))
     return model.to(map_location).eval(), payload["meta"]
 
@@ -123,13 +137,15 @@ def cached_model(model_name: str, data: Dataset, recipe, *, seed: int = 0, model
     from .trainer import accuracy, train
 
     model_kwargs = model_kwargs or {}
-    torch.manual_seed(seed)
-    model = create_model(model_name, data.spec, **model_kwargs)
-    key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed, arch=architecture_signature(model))
+    with torch.random.fork_rng():  # building a model for its layout leaves the caller's random state alone
+        layout = architecture_signature(create_model(model_name, data.spec, **model_kwargs))
+    key = cache_key(model_name, model_kwargs, data, recipe.to_dict(), seed, arch=layout)
     path = Path(root or cache_dir() / "checkpoints") / data.spec.name / f"{model_name}-{key}.pt"
     cached = load_cached(path, model_name, device=device, log=log)
     if cached is not None:
         return cached
+    torch.manual_seed(seed)
+    model = create_model(model_name, data.spec, **model_kwargs)
     res = train(model, data.train, recipe, seed=seed, device=device, desc=model_name, progress=progress)
     meta = {
         "model": model_name, "model_kwargs": model_kwargs, "dataset": data.meta, "recipe": recipe.to_dict(),
