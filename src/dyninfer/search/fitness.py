@@ -21,7 +21,6 @@ fitness is that of the dynamic system the pair makes under a router, not that of
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
