@@ -362,3 +362,21 @@ def test_presets_size_the_supernet_and_its_four_baselines():
         assert {(t.recipe, t.sampling) for t in p.supernet_baselines.values()} == {
             (r, s) for r in ("usnet", "dsnet") for s in ("sandwich", "random3")}
     assert get_preset("quick").supernet_training.train_images == 5000
+
+
+def test_a_checkpoint_written_for_another_layout_under_the_same_name_is_refused(spec, tmp_path):
+    from dyninfer.io import read_payload, write_payload
+    from dyninfer.train.checkpoint import FORMAT, load_checkpoint
+
+    net = create_model("adapta-resnet-tiny", spec)
+    save_checkpoint(net, tmp_path / "net.pt")
+    model, _ = load_checkpoint(tmp_path / "net.pt")  # the layout it was written for: loads
+    assert model.strides == net.strides
+    payload = read_payload(tmp_path / "net.pt", fmt=FORMAT)
+    assert payload["arch"]["layout"] == net.shape
+    payload["arch"]["layout"] = {**net.shape, "strides": [2, 2, 2, 2]}  # as if the name built another layout then
+    write_payload(tmp_path / "old.pt", payload)
+    with pytest.raises(CheckpointError, match=r"of layout .*'strides': \[2, 2, 2, 2\].* builds .*'strides': \[1, 2"):
+        load_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"'strides': \[2, 2, 2, 2\].*this supernet has shape"):
+        load_into(create_model("adapta-resnet-tiny", spec), tmp_path / "old.pt")
