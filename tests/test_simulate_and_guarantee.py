@@ -316,3 +316,18 @@ def test_sweep_routed_exact_and_set_level_agree():
         sweep_routed(np.array([0.1, np.nan]), (1, 2), quality=(np.zeros(2), np.zeros(2)))
     with pytest.raises(ConfigError, match="exactly one"):
         sweep_routed(s, (1, 2))
+
+
+def test_a_certified_cascade_that_costs_more_than_its_reference_runs_the_reference_alone():
+    # the first stage is as expensive as the reference and no better: every point pays more than p1 alone
+    cal, test = make_trace(flops=(9e6, 1e7), skill=(1.0, 3.0)), make_trace(flops=(9e6, 1e7), skill=(1.0, 3.0), seed=1)
+    c = Cascade(scores=("max_softmax",), tolerance=0.05, confidence=0.9).fit(cal)
+    op = c.operating_point_
+    assert op.certified and op.not_cheaper and op.runs_reference and op.reference_flops == 1e7
+    assert op.calib_flops >= 1e7 and "runs p1 alone" in op.statement()
+    out = c.simulate(test)
+    assert (out.path == 1).all() and out.mean_flops == 1e7 and out.accuracy == test.accuracy(1)
+    # a cheap first stage pays for itself: the cascade stays
+    cheap = Cascade(scores=("max_softmax",), tolerance=0.05, confidence=0.9).fit(
+        make_trace(flops=(1e5, 1e7), skill=(2.5, 3.0)))
+    assert cheap.operating_point_.certified and not cheap.operating_point_.runs_reference

@@ -57,6 +57,9 @@ class OperatingPoint:
         configurations: configurations the method chose among (Bonferroni factor).
         calib_accuracy, calib_flops, calib_loss: the chosen point on calibration.
         pvalue: its p-value (``clt``) or 1 / its largest betting capital (``wsr``).
+        reference_flops: the reference path's FLOPs alone on calibration (0: not compared).
+        not_cheaper: the certified point costs no less than the reference alone on calibration (a cascade's
+            early stages not paying for themselves), so the method runs the reference path alone.
     """
 
     index: int
@@ -72,6 +75,13 @@ class OperatingPoint:
     calib_flops: float
     calib_loss: float
     pvalue: float
+    reference_flops: float = 0.0
+    not_cheaper: bool = False
+
+    @property
+    def runs_reference(self) -> bool:
+        """Whether the fitted policy is the reference path alone (nothing certified, or nothing cheaper)."""
+        return not self.certified or self.not_cheaper
 
     def statement(self) -> str:
         """The guarantee in one sentence, for reports."""
@@ -80,6 +90,11 @@ class OperatingPoint:
             return (f"No knob value could be certified to lose at most {100 * self.tolerance:.2f} points against "
                     f"{self.reference} with {100 * self.confidence:g}% confidence; the policy runs {self.reference} "
                     f"alone.")
+        if self.not_cheaper:
+            return (f"The cheapest knob value certified to lose at most {100 * self.tolerance:.2f} points against "
+                    f"{self.reference} with {100 * self.confidence:g}% confidence costs {self.calib_flops / 1e6:.3f} "
+                    f"MFLOPs on calibration, no less than {self.reference} alone ({self.reference_flops / 1e6:.3f}); "
+                    f"the policy runs {self.reference} alone.")
         how = "normal-approximation p-values, asymptotic" if self.bound == "clt" else "betting test, valid at every n"
         return (f"With probability at least {100 * self.confidence:g}% over the calibration sample, the accuracy lost "
                 f"against {self.reference} is at most {100 * self.tolerance:.2f} points (Learn-then-Test, fixed-sequence "

@@ -118,16 +118,18 @@ class Method:
         return self.knob_ if knob is None else self.check_knob(knob)
 
     def _uncertified(self, trace: Trace, knob: Any) -> Outcome | None:
-        """When no knob value could be certified, the fitted policy is the reference path alone: its outcome
-        on ``trace`` (for ``knob=None``); None otherwise."""
+        """When no knob value could be certified, or the certified one costs no less than the reference alone,
+        the fitted policy is the reference path alone: its outcome on ``trace`` (for ``knob=None``); None
+        otherwise."""
         self.check_fitted()
-        if knob is None and not self.operating_point_.certified:
+        if knob is None and self.operating_point_.runs_reference:
             return self.simulate_forced(trace, self.operating_point_.reference)
         return None
 
     def _start(self, runtime):
-        """A new runtime at the fitted operating point (forced to the reference path when nothing was certified)."""
-        if not self.operating_point_.certified:
+        """A new runtime at the fitted operating point (forced to the reference path when it runs the reference
+        alone: nothing certified, or nothing cheaper)."""
+        if self.operating_point_.runs_reference:
             runtime.force(self.operating_point_.reference)
         return runtime
 

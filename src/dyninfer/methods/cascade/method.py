@@ -136,6 +136,9 @@ class Cascade(Method):
                     if best is None or key < best[0]:
                         best = (key, chain, router, score, curve, op)
         _, chain, router, score, curve, op = best  # type: ignore[misc]
+        ref_flops = float(_select(calib, chain[-1:]).costs[0].flops)
+        if op.certified and op.calib_flops >= ref_flops:  # the early stages do not pay for themselves
+            op = dataclasses.replace(op, reference_flops=ref_flops, not_cheaper=True)
         self.stages_ = list(chain)
         self.router_ = router
         self.score_ = score
