@@ -309,7 +309,7 @@ def load_aware(ev, cfg: SlimmableFigures) -> tuple[dict, str]:
             knob = m.knob_for(budget_flops=b * full)
         except ConfigError as e:
             res[str(b)] = {"error": str(e)}
-            rows.append([f"{100 * b:.0f}%", f"{b * full / 2e6:.3f}", "–", "–", "–", str(e)])
+            rows.append([f"{100 * b:.0f}%", f"{b * full / 2e6:.3f}", "–", "–", "–", "–", "–", str(e)])
             continue
         rt.knob = knob
         r = rt.run(test.inputs(), sb)
