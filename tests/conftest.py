@@ -72,6 +72,25 @@ def digits_bigsmall():
     return _prepare_one_thread("bigsmall")
 
 
+@pytest.fixture(scope="session")
+def cotrained_bigsmall(digits):
+    """bigsmall-supernet-tiny co-trained on digits through the full and width phases (3 epochs, 512 images), so
+    its smaller subnets are trained too (the `tiny` preset trains only the largest pair): what the searches
+    need. About 20 s once, one thread."""
+    from dyninfer.train.bigsmall import CoTraining, fit_bigsmall
+
+    recipe = CoTraining(epochs=3, batch_size=64, train_images=512, eval_images=200, bn_images=256,
+                        phases=("full", "width"), random_subnets=1)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net, _, _ = fit_bigsmall("bigsmall-supernet-tiny", digits, recipe, log=lambda s: None, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    return net
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models on a shared 2-core CPU: one torch thread avoids oversubscription."""

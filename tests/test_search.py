@@ -17,23 +17,17 @@ from dyninfer.models.bigsmall import PairConfig
 from dyninfer.search import (AccuracyPredictor, LatencyTable, PairEvaluator, dominates, evolutionary_search,
                              hypervolume, one_hot, pareto_indices, predictor_search, train_predictor)
 from dyninfer.search.evolution import pair_from_params, param_name
-from dyninfer.train.bigsmall import CoTraining, fit_bigsmall, pair_metrics, recalibrate_pairs
+from dyninfer.train.bigsmall import pair_metrics, recalibrate_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The `tiny` preset's pair trains only the full phase (its smaller subnets are untrained); a search needs the
-# width phase too. About 20 s once, one thread.
-RECIPE = CoTraining(epochs=3, batch_size=64, train_images=512, eval_images=200, bn_images=256,
-                    phases=("full", "width"), random_subnets=1)
+# the supernet: conftest's cotrained_bigsmall (trained through the width phase too, once per session)
 TAU = 0.3
 
 
 @pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory, one_thread):
-    torch.manual_seed(0)
-    net, _, _ = fit_bigsmall("bigsmall-supernet-tiny", digits, RECIPE, log=lambda s: None, progress=False,
-                             root=tmp_path_factory.mktemp("search-supernet"))
-    return net
+def trained(cotrained_bigsmall):
+    return cotrained_bigsmall
 
 
 def _evaluator(net, digits, **kw) -> PairEvaluator:

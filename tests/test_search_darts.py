@@ -18,24 +18,18 @@ from dyninfer.models.bigsmall import PairConfig
 from dyninfer.search import PairEvaluator
 from dyninfer.search.darts import (ArchParameters, darts_loss, darts_search, expected_flops, one_hot_probs,
                                    relaxed_logits)
-from dyninfer.train.bigsmall import CoTraining, fit_bigsmall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The recipe of tests/test_search.py (the same cache entry when both modules run in one session): about 20 s once.
-RECIPE = CoTraining(epochs=3, batch_size=64, train_images=512, eval_images=200, bn_images=256,
-                    phases=("full", "width"), random_subnets=1)
+# the supernet: conftest's cotrained_bigsmall (trained through the width phase too, once per session)
 TAU = 0.3
 FAST = dict(batch_size=32, steps_per_epoch=2)  # a search step runs both relaxed heads twice: ~1 s on one thread
 TINY = dict(batch_size=16, steps_per_epoch=1)
 
 
 @pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory, one_thread):
-    torch.manual_seed(0)
-    net, _, _ = fit_bigsmall("bigsmall-supernet-tiny", digits, RECIPE, log=lambda s: None, progress=False,
-                             root=tmp_path_factory.mktemp("darts-supernet"))
-    return net
+def trained(cotrained_bigsmall):
+    return cotrained_bigsmall
 
 
 def _pairs(net) -> list[PairConfig]:

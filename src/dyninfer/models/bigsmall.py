@@ -507,6 +507,15 @@ class BigSmallSupernet(nn.Module):
         big = self.heads["big"](self._run_stages(hs, pair.big, start=shared))  # (B, K)
         return little, big, f
 
+    def stage_sizes(self) -> list[tuple[int, int]]:
+        """Spatial size (h, w) of each stage's input, then of the last stage's output."""
+        h, w = self.input_shape[1:]
+        out = [(h, w)]
+        for s in self.strides:
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            out.append((h, w))
+        return out
+
     def flops(self, cfg: Any = None) -> int:
         """FLOPs per image of subnet ``cfg`` (default: the active one) from its shapes, without running it:
         2 per multiply-add of every convolution and the classifier, as :func:`~dyninfer.runtime.cost.count_flops`

@@ -271,16 +271,6 @@ def relaxed_logits(net: BigSmallSupernet, x: torch.Tensor, probs: Probs, head: s
 
 # ---------------------------------------------------------------------------------------- expected FLOPs
 
-def _sizes(net: BigSmallSupernet) -> list[tuple[int, int]]:
-    """Spatial size of each stage's input, then of the last stage's output."""
-    h, w = net.input_shape[1:]
-    out = [(h, w)]
-    for s in net.strides:
-        h, w = (h - 1) // s + 1, (w - 1) // s + 1
-        out.append((h, w))
-    return out
-
-
 def expected_flops(net: BigSmallSupernet, probs: Probs, head: str) -> torch.Tensor:
     """Expected FLOPs per image (a float64 scalar, differentiable in the probabilities) of the relaxed subnet of
     ``head``: the mean of :meth:`~dyninfer.models.bigsmall.BigSmallSupernet.flops` over configurations whose
@@ -291,7 +281,7 @@ def expected_flops(net: BigSmallSupernet, probs: Probs, head: str) -> torch.Tens
                           f"head little or big; got head {head!r} and {len(probs)} stages")
     dev = probs[0]["width"].device
     t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=dev)  # noqa: E731
-    sizes = _sizes(net)
+    sizes = net.stage_sizes()
     (h0, w0), k_stem = net.input_shape[1:], net.stem[0].kernel_size[0]
     total = t(2.0 * net.input_shape[0] * net.stem_channels * k_stem * k_stem * h0 * w0)
     cin = np.array([net.stem_channels], dtype=np.float64)  # input channel count of each input-width choice

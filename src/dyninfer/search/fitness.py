@@ -83,16 +83,6 @@ class LatencyTable:
         self.measured = 0  # entries timed by this table (not loaded)
 
     # ------------------------------------------------------------------ structure
-    def _sizes(self) -> list[tuple[int, int]]:
-        """Spatial size (h, w) of each stage's input, then of the last stage's output."""
-        net = self.supernet
-        h, w = net.input_shape[1:]
-        out = [(h, w)]
-        for s in net.strides:
-            h, w = (h - 1) // s + 1, (w - 1) // s + 1
-            out.append((h, w))
-        return out
-
     def keys_of(self, cfg: Any) -> list[str]:
         """The table keys a subnet ``cfg`` (little or big) is made of: stem, its blocks, its head."""
         net = self.supernet
@@ -106,7 +96,7 @@ class LatencyTable:
 
     def _module(self, key: str) -> tuple[nn.Module, tuple[int, int, int]]:
         """A static module for ``key`` and its input shape (C, H, W)."""
-        net, sizes = self.supernet, self._sizes()
+        net, sizes = self.supernet, self.supernet.stage_sizes()
         if key == "stem":
             c = net.stem_channels
             stem = nn.Sequential(copy.deepcopy(net.normalize), copy.deepcopy(net.stem[0]), net.stem[1].static(c),
