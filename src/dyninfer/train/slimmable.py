@@ -32,7 +32,8 @@ without a teacher, δ substitutes or Var Gates (``recipe``):
   ensemble bootstrapping), then BN recalibration.
 
 ``sampling="random3"`` replaces the sandwich by three random stage-wise configurations per step (of the
-4^4 width choices): US-Net's then learn from the labels, DS-Net's from the moving average.
+4^4 width choices): US-Net's then learn from the labels, DS-Net's from the labels and the moving average, half
+each (without the largest subnet in the step no label would reach the network).
 """
 
 from __future__ import annotations
@@ -338,7 +339,11 @@ def baseline_step(student: AdaptaResNet, x: torch.Tensor, y: torch.Tensor, rng: 
         for c in cfgs:
             student.set_active_subnet(c)
             out = student(x)
-            loss = loss + (F.cross_entropy(out, y) if target is None else soft_ce(out, target))
+            # DS-Net*: no subnet of the step is the largest, so none would see a label and the moving average would
+            # only ever bootstrap itself (measured: chance accuracy after two epochs); each subnet learns from the
+            # labels and the moving average's soft targets, half each
+            loss = loss + (F.cross_entropy(out, y) if target is None
+                           else 0.5 * (F.cross_entropy(out, y) + soft_ce(out, target)))
         return loss, 3  # type: ignore[return-value]
     cfgs = [student.largest(), student.smallest()] + [uniform_cfg(float(rng.choice(WIDTHS))) for _ in range(2)]
     student.set_active_subnet(cfgs[0])
@@ -531,7 +536,10 @@ def fit_slimmable(model_name: str, data: Dataset, training: SlimmableTraining, *
             p.requires_grad_(False)
     torch.manual_seed(seed)
     student: AdaptaResNet = create_model(model_name, data.spec, **model_kwargs).to(device)  # type: ignore[assignment]
-    key = cache_key(model_name, model_kwargs, data, training.to_dict(), seed, arch=architecture_signature(student))
+    record = training.to_dict()
+    if training.recipe == "dsnet" and training.sampling == "random3":
+        record["dsnet_random3"] = "labels+ema"  # its step changed: earlier checkpoints trained another recipe
+    key = cache_key(model_name, model_kwargs, data, record, seed, arch=architecture_signature(student))
     folder = Path(root or cache_dir() / "supernets") / data.spec.name / f"{model_name}-{key}"
     if teacher is not None:
         student.load_state_dict(teacher.state_dict())
