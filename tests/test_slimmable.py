@@ -200,7 +200,7 @@ def test_a_cascade_stage_step_runs_the_sandwich_and_lowers_the_anchor_loss(spec,
 
 def test_gate_loss_variance_follows_the_error_only_with_kl_of_g_to_p():
     largest = torch.zeros(2, 3)
-    det = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    det = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
     best = {}
     for kl in ("gp", "pg"):
         logvar = torch.zeros(2, 3, requires_grad=True)
@@ -212,6 +212,20 @@ def test_gate_loss_variance_follows_the_error_only_with_kl_of_g_to_p():
         best[kl] = logvar.detach()
     assert best["gp"][1].mean() > best["gp"][0].mean() + 2  # wrong detection: larger variance
     assert torch.allclose(best["pg"][0], best["pg"][1], atol=0.05)  # KL(P||G): the variance ignores the error
+
+
+def test_gate_variance_reads_the_error_in_probabilities_not_in_logit_scale():
+    # a sure image (large logits, the gate agreeing in probabilities) against an unsure one (small logits, the
+    # gate picking another class): the variance must be smaller for the sure one, whatever the logit scale
+    largest = torch.tensor([[12.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    det = torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.6, 0.0]])
+    logvar = torch.zeros(2, 3, requires_grad=True)
+    opt = torch.optim.Adam([logvar], lr=0.1)
+    for _ in range(400):
+        opt.zero_grad()
+        gate_loss(det, logvar, largest, lam=1e-2).backward()
+        opt.step()
+    assert logvar[0, 0] < logvar[1, 1] - 1  # at each image's top detection output
 
 
 def test_a_gate_phase_trains_only_its_gate(spec, digits):
