@@ -10,8 +10,9 @@ Timings on a 2-core CPU (about 250 GFLOP/s training): ``quick`` (pool ``cnn-s``,
 
 The slimmable supernet (``adapta-resnet-s``, 12.7 MFLOPs at x1.0 on 28x28) and its baselines are sized from
 measured seconds per training image of each phase (``SUPERNET_SECONDS_PER_1K``): ``quick`` trains AdaptaNet in
-about 3.5 minutes and its four baselines in about 3.5 (5k images for the supernet phases); ``full`` in about 24
-and 33 (20k images for the phases and the baselines, the teacher on all 50k).
+about 3.5 minutes and its four baselines in about 3.5 (5k images for the supernet phases); ``full`` took 34
+minutes for AdaptaNet (teacher included) and 33 for the baselines (20k images for the phases and the baselines,
+the teacher on all 50k).
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ PRESETS.register("full", Preset(
     name="full",
     models={"cnn-s": Recipe(epochs=20), "cnn-m": Recipe(epochs=8), "cnn-l": Recipe(epochs=6)},
     exit_model="revcol-s", exit_recipe=Recipe(epochs=5), exit_training="two-stage",
-    # from SUPERNET_SECONDS_PER_1K: teacher 8 epochs x 50k about 8 min; the phases on 20k images (stages 1, 1, 2, 2
-    # epochs, locking-in 2) about 16 min; the four baselines 5 epochs x 20k about 33 min (a US-Net epoch 104 s,
-    # DS-Net about 1.25x, the random-3 variants about 0.7x and 0.9x)
+    # measured (benchmarks/slimmable.sh): teacher 8 epochs x 50k 735 s; the phases on 20k images (stages 1, 1, 2, 2
+    # epochs, locking-in 2, gates) 1308 s (cascade phases 2-3x the quick table's rate); the four baselines 5 epochs
+    # x 20k 1996 s; measurement with everything cached about 14 min: about 82 min in all
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=8), stage_epochs=(1, 1, 2, 2), lock_epochs=2,
                                         train_images=20000, eval_images=2000),
     supernet_baselines=_baselines(5, 20000),
