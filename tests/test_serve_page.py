@@ -4,7 +4,6 @@ saved under $DYNINFER_ARTIFACTS (default: the test's temporary folder)."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
