@@ -95,7 +95,9 @@ def test_runtime_equals_simulate_at_several_knobs(case):
     res, sim = rt.run(x, batch_size=64), method.simulate(prep.test)  # the fitted operating point
     assert np.array_equal(res.pred.numpy(), sim.pred) and np.array_equal(res.path.numpy(), sim.path)
     assert res.mean_flops == pytest.approx(sim.mean_flops, rel=1e-9)
-    assert rt.forced is None and method.operating_point_.certified
+    op = method.operating_point_
+    assert op.certified  # forced to the reference only when no certified point is cheaper than it alone
+    assert (rt.forced is None) != op.runs_reference and (not op.not_cheaper or op.calib_flops >= op.reference_flops)
     rt.force(None)
     for knob in _knobs(method, prep.test):
         rt.knob = knob

@@ -4,6 +4,7 @@ accuracy predictor."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -27,7 +28,7 @@ TAU = 0.3
 
 @pytest.fixture(scope="module")
 def trained(cotrained_bigsmall):
-    return cotrained_bigsmall
+    return copy.deepcopy(cotrained_bigsmall)  # scoring re-estimates batch norms: each module gets its own copy
 
 
 def _evaluator(net, digits, **kw) -> PairEvaluator:

@@ -29,7 +29,7 @@ TINY = dict(batch_size=16, steps_per_epoch=1)
 
 @pytest.fixture(scope="module")
 def trained(cotrained_bigsmall):
-    return cotrained_bigsmall
+    return copy.deepcopy(cotrained_bigsmall)  # scoring re-estimates batch norms: each module gets its own copy
 
 
 def _pairs(net) -> list[PairConfig]:
