@@ -59,11 +59,10 @@ def _pct(v: float) -> str:
 
 
 def _infer(model, x, batch: int) -> Callable[[], None]:
-    def run() -> None:
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], batch):
-                model(x[i:i + batch]).argmax(1).cpu()  # the answer on the host: waits for an accelerator
-    return run
+    from ...pipeline import _plain  # the shared timed call of a plain model (waits for the answer on the host)
+
+    run = _plain(model, x.device)
+    return lambda: run(x, batch)
 
 
 def table1(ev, cfg: "SlimmableFigures", log) -> tuple[dict, str]:
