@@ -260,3 +260,65 @@ def test_invalid_encodings_and_choices_name_the_allowed_values(trained, digits):
         _evaluator(net, digits, threshold=-0.1)
     with pytest.raises(ConfigError, match="bn_images"):
         PairEvaluator(net, digits.calib.x, digits.calib.y, None)
+
+
+# ---------------------------------------------------------------------------------------- review fixes
+
+def test_evaluating_pairs_leaves_the_callers_supernet_unchanged(trained, digits):
+    net = trained
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    active, training = net.active, net.training
+    ev = _evaluator(net, digits)
+    assert ev.source is net and ev.supernet is not net
+    pairs = [*_corners(net), net.sample_pair(np.random.default_rng(11))]
+    recs = ev.evaluate_many(pairs)
+    after = net.state_dict()
+    assert set(after) == set(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm running statistics included
+    assert net.active == active and net.training == training
+    # the scores are those of re-estimated norms all the same (the copy's): same figures as a fresh evaluator
+    assert _evaluator(net, digits).evaluate(pairs[1]) == recs[1]
+    assert any(not torch.equal(before[k], v) for k, v in ev.supernet.state_dict().items())
+
+
+def test_a_latency_table_of_another_layout_is_refused(digits, tmp_path):
+    from dyninfer.models import create_model
+
+    net = create_model("bigsmall-supernet-tiny", digits.spec)
+    other = create_model("bigsmall-supernet-tiny", digits.spec, strides=(1, 2, 2, 1))
+    assert tuple(net.strides) != tuple(other.strides)
+    table = LatencyTable(net, batches=(1,), rounds=1, warmup=0)
+    table.measure(["stem"])
+    path = table.save(tmp_path / "table.json")
+    assert LatencyTable.load(path, net).entries == table.entries
+    with pytest.raises(ConfigError, match=r"strides \[2, 2, 2, 1\].*this supernet has strides \[1, 2, 2, 1\]"):
+        LatencyTable.load(path, other)
+    stored = json.loads(path.read_text())
+    del stored["strides"]  # a table that does not say which layout it was timed on
+    (tmp_path / "old.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"strides \(not recorded\)"):
+        LatencyTable.load(tmp_path / "old.json", net)
+
+
+def test_a_single_subnet_where_a_pair_is_expected_is_a_config_error(trained, digits):
+    net = trained
+    ev = _evaluator(net, digits)
+    little = net.max_subnet("little")
+    for given in (little, little.as_dict(), net.max_subnet("big").as_dict(), {"stages": little.as_dict()["stages"]}):
+        with pytest.raises(ConfigError, match="expected a little/big pair .*single subnet"):
+            ev.evaluate(given)
+        with pytest.raises(ConfigError, match="expected a little/big pair"):
+            net.space.check_pair(given)
+    with pytest.raises(ConfigError, match="exactly the keys 'little' and 'big'"):
+        net.space.check_pair({"little": little})
+    assert ev.evaluated == 0
+
+
+def test_an_undefined_predictor_figure_is_written_as_null(trained, digits):
+    ev = _evaluator(trained, digits)
+    res = predictor_search(ev, measure=3, candidates=20, holdout=0.0, epochs=20, seed=0)
+    assert math.isnan(res.report["rmse_points"])  # no held-out pair: undefined
+    d = res.as_dict()
+    assert d["report"]["rmse_points"] is None and d["report"]["exit_rmse_points"] is None
+    text = json.dumps(d, allow_nan=False)  # standard JSON
+    assert "NaN" not in text and json.loads(text)["report"]["train_rmse_points"] >= 0

@@ -11,6 +11,7 @@ measured path costs; the operating points and the static models there are measur
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .check import number
 from .errors import ConfigError
 from .harness import load_data, prepare
 from .methods import METHODS, create_method
+from .methods.base import _jsonable as jsonable
 from .evaluate.simulate import curve_times
 from .pipeline import Evaluation, RunConfig, RunSettings, evaluate
 from .presets import get_preset
@@ -80,10 +82,11 @@ def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] =
         prepared = {}
         for name in names:
             method = create_method(name, **cfg.run_config(name).params)
-            kind = method.path_kind
+            options = method.path_options()
+            kind = (method.path_kind, json.dumps(jsonable(options), sort_keys=True))
             if kind not in prepared:
-                prepared[kind] = prepare(cfg.dataset, preset, kind=kind, seed=cfg.seed, data=data, device=cfg.device,
-                                         progress=cfg.progress, log=log)
+                prepared[kind] = prepare(cfg.dataset, preset, kind=method.path_kind, seed=cfg.seed, data=data,
+                                         device=cfg.device, progress=cfg.progress, log=log, **options)
             log(f"[compare] {name}")
             evals[name] = evaluate(prepared[kind], method, cfg.run_config(name), log)
     rows, static = _table(evals)

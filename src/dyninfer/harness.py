@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .data.datasets import Dataset, load_dataset
 from .errors import ConfigError, TraceError
@@ -60,7 +60,7 @@ def load_data(dataset: str, preset: Preset, *, seed: int = 0, data_root: str | N
 
 def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, kind: str = "pool", seed: int = 0,
             data_root: str | None = None, data: Dataset | None = None, models: list[str] | None = None,
-            device: str = "cpu", supernet_paths: str | None = None, progress: bool = True,
+            device: str = "cpu", supernet_paths: str | None = None, pair: Any = None, progress: bool = True,
             log: Callable[[str], None] = print) -> Prepared:
     """Load data, train or reuse the preset's paths of ``kind``, and record (or reuse) their traces.
 
@@ -78,6 +78,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         device: where models train and run.
         supernet_paths: which subnet configurations are paths (``uniform``, ``delta`` or ``all``, see
             :meth:`~dyninfer.models.adapta.AdaptaResNet.path_configs`; default: the preset's).
+        pair: ``bigsmall``: the deployed little/big pair (a ``PairConfig`` or ``{"little": ..., "big": ...}``;
+            default: the largest pair); its switchable batch norms are re-estimated for it.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     if kind not in KINDS:
@@ -102,9 +104,9 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         paths = SupernetPaths(supernet, supernet.path_configs(supernet_paths or p.supernet_paths))
     elif kind == "bigsmall":
         net, router, meta = fit_bigsmall(p.bigsmall_model, data, p.bigsmall_training, seed=seed, device=device,
-                                         progress=progress, log=log)
+                                         progress=progress, log=log, pair=pair)
         metas[p.bigsmall_model] = meta
-        paths = BigSmallPaths(net, router)
+        paths = BigSmallPaths(net, router, pair)
     else:
         net, meta = fit_early_exit(p.exit_model, data, p.exit_recipe, training=p.exit_training, seed=seed,
                                    device=device, progress=progress, log=log)
@@ -114,7 +116,8 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         if isinstance(paths, BigSmallPaths) else [paths.supernet] if isinstance(paths, SupernetPaths) \
         else list(paths.models.values())
     weights = [digest(m.state_dict()) for m in whole]
-    parts = [kind, paths.names, weights, data.fingerprint] + (["gate_flops"] if kind in ("supernet", "bigsmall") else [])
+    parts = [kind, paths.names, weights, data.fingerprint] + (["gate_flops"] if kind in ("supernet", "bigsmall") else []) \
+        + ([paths.pair.as_dict()] if isinstance(paths, BigSmallPaths) else [])  # the pair's norms differ per pair
     key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
     folder = cache_dir() / "traces" / data.spec.name / key
     try:

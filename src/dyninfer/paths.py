@@ -432,19 +432,30 @@ class BigSmallPaths(SupernetPaths):
         router: its :class:`~dyninfer.models.bigsmall_router.BigSmallRouter`.
         pair: the deployed pair (a ``PairConfig`` or ``{"little": cfg, "big": cfg}``; default: the largest little
             and the largest big subnet).
+        big_supernet: the supernet the big subnet comes from (default: ``supernet``; the independently trained
+            baseline of the co-training ablation has two). Only paths of one supernet can be saved.
     """
 
     kind = "bigsmall"
 
-    def __init__(self, supernet: nn.Module, router: nn.Module, pair: Any = None) -> None:
+    def __init__(self, supernet: nn.Module, router: nn.Module, pair: Any = None, *,
+                 big_supernet: nn.Module | None = None) -> None:
         from .models.bigsmall import BigSmallSupernet, PairConfig
         from .models.bigsmall_router import RoutedSubnet
 
-        if not isinstance(supernet, BigSmallSupernet):
-            raise ConfigError(f"big/little paths need a BigSmallSupernet, got {type(supernet).__name__}")
+        for net in (supernet, big_supernet):
+            if net is not None and not isinstance(net, BigSmallSupernet):
+                raise ConfigError(f"big/little paths need a BigSmallSupernet, got {type(net).__name__}")
         pair = PairConfig(supernet.max_subnet("little"), supernet.max_subnet("big")) if pair is None \
             else supernet.space.check_pair(pair)
         super().__init__(supernet, supernet.pair_paths(pair))
+        self.pair = pair
+        self.big_supernet = big_supernet
+        if big_supernet is not None:
+            if big_supernet.space != supernet.space:
+                raise ConfigError("the little and big supernets of a pair must share one search space")
+            big_supernet.eval().set_active_subnet(pair.big)
+            self.models["big"] = big_supernet.get_active_subnet().eval()
         self.router = router.eval()
         self.models["little"] = RoutedSubnet(self.models["little"], self.router).eval()
 
@@ -458,6 +469,8 @@ class BigSmallPaths(SupernetPaths):
 
         if getattr(self.supernet, "dyninfer_arch", None) is None:
             raise ConfigError("only supernets built by dyninfer.models.create_model can be saved with a policy")
+        if self.big_supernet is not None:
+            raise ConfigError("a pair drawn from two supernets cannot be saved as a policy; save one supernet's pair")
         save_bigsmall(folder / "supernet.pt", self.supernet, self.router, {"configs": self.configs})
         return {"configs": list(self.configs.values())}
 

@@ -386,6 +386,7 @@ def run(cfg: RunConfig, out: str | Path, *, log: Callable[[str], None] = print, 
             raise ConfigError(f"bad figure settings for {cfg.method}: {e}") from None
     with torch_threads(cfg.threads):
         prep = prepare(cfg.dataset, cfg.preset, kind=method.path_kind, seed=cfg.seed, data_root=cfg.data_root,
+                       **method.path_options(),
                        device=cfg.device, progress=cfg.progress, log=log)
         ev = evaluate(prep, method, cfg, log)
         sections = shared_sections(ev)

@@ -48,6 +48,10 @@ class Preset:
             random-3 variants), name -> training; the slimmable report compares them (Table II).
         bigsmall_model: the big/little supernet (a registered ``BigSmallSupernet``) of the ``bigsmall`` method.
         bigsmall_training: its co-training (phases, sandwich, losses; :class:`~dyninfer.train.bigsmall.CoTraining`).
+        bigsmall_ablation: the co-training of the big/little report's ablation arms (independent training, no
+            distillation, one dimension searched, one loss term removed); None: ``bigsmall_training``. With a
+            smaller budget the report also trains the full recipe at that budget as the arms' reference.
+        bigsmall_baselines: static torchvision networks trained for the big/little report, name -> recipe.
         train_limit: training samples kept (None: the whole training split).
         calib_size: calibration samples cut from the official training part.
         test_limit: test samples kept (None: all).
@@ -70,6 +74,8 @@ class Preset:
     supernet_baselines: dict[str, SlimmableTraining] = field(default_factory=dict)
     bigsmall_model: str = "bigsmall-supernet"
     bigsmall_training: CoTraining = field(default_factory=CoTraining)
+    bigsmall_ablation: CoTraining | None = None
+    bigsmall_baselines: dict[str, Recipe] = field(default_factory=dict)
     train_limit: int | None = None
     calib_size: int = 10000
     test_limit: int | None = None
@@ -90,6 +96,9 @@ class Preset:
                 raise ConfigError(f"supernet baseline {k!r} must be a SlimmableTraining with recipe 'usnet' or 'dsnet'")
         if not isinstance(self.bigsmall_training, CoTraining):
             raise ConfigError(f"bigsmall_training must be a CoTraining, got {type(self.bigsmall_training).__name__}")
+        if self.bigsmall_ablation is not None and not isinstance(self.bigsmall_ablation, CoTraining):
+            raise ConfigError(f"bigsmall_ablation must be a CoTraining or None, got "
+                              f"{type(self.bigsmall_ablation).__name__}")
         number("train_limit", self.train_limit, lo=1, integer=True, none_ok=True)
         number("test_limit", self.test_limit, lo=1, integer=True, none_ok=True)
         number("calib_size", self.calib_size, lo=1, integer=True)
@@ -117,6 +126,10 @@ def _baselines(epochs: int, train_images: int | None, **kw) -> dict[str, Slimmab
             for r in ("usnet", "dsnet") for s in ("sandwich", "random3")}
 
 
+# the static torchvision networks of the big/little report (MobileNetV3-Small and -Large also form its fixed cascade)
+_TV_BASELINES = ("tv-mobilenet_v3_small", "tv-mobilenet_v3_large", "tv-efficientnet_b0")
+
+
 PRESETS.register("quick", Preset(
     name="quick",
     models={"cnn-s": Recipe(epochs=15), "cnn-m": Recipe(epochs=6)},
@@ -125,8 +138,10 @@ PRESETS.register("quick", Preset(
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=2), stage_epochs=(1, 1, 1, 1), lock_epochs=1,
                                         train_images=5000, bn_images=1024, eval_images=1000),
     supernet_baselines=_baselines(2, 5000),
-    # bigsmall: not yet timed on this CPU; 2 epochs per phase on 5k images of the 20k
+    # bigsmall: 2 epochs per phase on 5k images of the 20k; its report's ablation arms on 1.5k images, 1 epoch per phase
     bigsmall_training=CoTraining(epochs=2, train_images=5000, eval_images=1000),
+    bigsmall_ablation=CoTraining(epochs=1, train_images=1500, eval_images=500, random_subnets=1),
+    bigsmall_baselines={n: Recipe(epochs=2) for n in _TV_BASELINES},
     train_limit=20000, calib_size=5000, cost_rounds=3, latency_repeats=10, latency_min_s=0.1, runtime_rounds=3,
     timing_samples=2560, batch1_samples=100,
 ))
@@ -142,6 +157,8 @@ PRESETS.register("full", Preset(
                                         train_images=20000, eval_images=2000),
     supernet_baselines=_baselines(5, 20000),
     bigsmall_training=CoTraining(epochs=5, eval_images=2000),  # not yet timed on this CPU
+    bigsmall_ablation=CoTraining(epochs=1, train_images=10000, eval_images=1000, random_subnets=1),
+    bigsmall_baselines={n: Recipe(epochs=4) for n in _TV_BASELINES},
     train_limit=None, calib_size=10000, cost_rounds=3, latency_repeats=20, latency_min_s=0.3, runtime_rounds=7,
     timing_samples=5120, batch1_samples=200,
 ))
@@ -161,6 +178,7 @@ PRESETS.register("tiny", Preset(
     bigsmall_model="bigsmall-supernet-tiny",
     bigsmall_training=CoTraining(phases=("full",), epochs=6, batch_size=64, random_subnets=0, eval_images=300,
                                  bn_images=512),
+    bigsmall_baselines={n: Recipe(epochs=3, batch_size=64, hflip=False, shift=1) for n in _TV_BASELINES[:2]},
     train_limit=None, calib_size=300, cost_rounds=1, latency_repeats=3, latency_min_s=0.0, runtime_rounds=1,
     timing_samples=256, batch1_samples=10,
 ))

@@ -38,6 +38,7 @@ from ..policy import Policy, load_policy
 from ..runtime.sequential import SequentialRuntime, _identity
 from ..runtime.upfront import UpfrontRuntime
 from ..runtime.validate import PIXEL_RANGE
+from ..scores import EmittedScore
 from .ort_runtime import make_session
 from .spec import FORMAT, VERSION, file_sha256, write_spec
 
@@ -63,6 +64,18 @@ class _Stage(nn.Module):
         c = self.advance(carry[0] if len(carry) == 1 else tuple(carry))
         outs = tuple(c) if isinstance(c, (tuple, list)) else (c,)
         return outs if self.head is None else (*outs, self.head(c))
+
+
+class _Emitting(nn.Module):
+    """A path that emits its own score (the big/little router's keep score): images -> (score, logits)."""
+
+    def __init__(self, model: nn.Module, gate: int) -> None:
+        super().__init__()
+        self.model, self.gate = model, gate
+
+    def forward(self, x: torch.Tensor):
+        logits, score = self.model.forward_gated(x, self.gate)
+        return score, logits
 
 
 class _ScoreGraph(nn.Module):
@@ -243,10 +256,17 @@ def _copy_or_export(model: nn.Module, sample: torch.Tensor, file: Path, atol: fl
 
 def _export_sequential(rt: SequentialRuntime, paths, sample, tmp: Path, spec: dict, atol: float, say) -> None:
     carry: tuple[torch.Tensor, ...] = (sample,)
+    emitted = rt.scores[0] if rt.scores and isinstance(rt.scores[0], EmittedScore) else None
     for p, (name, stage) in enumerate(zip(rt.paths, rt.stages)):
         entry = {"name": name, "flops": float(rt.stage_flops[p]), "skip_flops": float(rt.skip_flops[p]),
                  "advance_graph": None}
-        if stage.advance is _identity:  # a cascade stage: images -> logits, the carry is the image
+        if emitted is not None and p < len(rt.stages) - 1 and stage.advance is _identity:
+            # a cascade stage that emits its own score (the big/little router): images -> (score, logits)
+            diff = export_graph(_Emitting(paths.models[name], emitted.params["gate"]), (sample,),
+                                tmp / "paths" / f"{name}.onnx", ["images"], ["score", "logits"], atol=atol)
+            entry.update(graph=f"paths/{name}.onnx", inputs=["images"], outputs=["score", "logits"], precision="fp32",
+                         emits_score=True, max_abs_diff=diff)
+        elif stage.advance is _identity:  # a cascade stage: images -> logits, the carry is the image
             model = paths.models[name]
             diff, precision = _copy_or_export(model, sample, tmp / "paths" / f"{name}.onnx", atol)
             entry.update(graph=f"paths/{name}.onnx", inputs=["images"], outputs=["logits"], precision=precision,
@@ -275,7 +295,9 @@ def _export_sequential(rt: SequentialRuntime, paths, sample, tmp: Path, spec: di
         raise ConfigError(f"the {score.name} router hashes its logits through sin() at 1e-16 precision, which "
                           f"onnxruntime's arithmetic does not reproduce; export a policy with a confidence score "
                           f"(energy, max_softmax, margin, entropy)")
-    if score is not None:  # a one-stage runtime decides nothing: no score
+    if isinstance(score, EmittedScore):  # emitted by the stages' graphs beside their logits: no score graph
+        spec["score"] = {"name": score.name, "params": dict(score.params), "graph": None, "emitted": True}
+    elif score is not None:  # a one-stage runtime decides nothing: no score
         with torch.no_grad():
             logits = _as_tuple(_Stage(rt.stages[0].advance, rt.stages[0].head)(sample))[-1].float()
         diff = export_graph(_ScoreGraph(score, logits.shape[1]), (logits,), tmp / "score.onnx", ["logits"], ["score"],
@@ -289,6 +311,9 @@ def _export_single(rt: SequentialRuntime, paths, sample, tmp: Path, spec: dict, 
     models = [paths.models[n] for n in rt.paths]
     if any(is_graph(m) for m in models):
         say("[export] single graph skipped: a path is already an ONNX graph (quantised)")
+        return
+    if any(isinstance(s, EmittedScore) for s in rt.scores):
+        say("[export] single graph skipped: the score is emitted by a path (a router), not computed from logits")
         return
     thr = torch.tensor([float(np.clip(t, -1e30, 1e30)) for t in rt.knob], dtype=torch.float32)
     try:

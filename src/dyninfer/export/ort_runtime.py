@@ -88,8 +88,11 @@ class OrtRuntime(Knobbed):
         self._inputs = {p["name"]: list(p["inputs"]) for p in spec["paths"]}
         self.stage_flops = np.array([p["flops"] for p in spec["paths"]], float)
         self.skip_flops = np.array([p.get("skip_flops", 0.0) for p in spec["paths"]], float)
+        self._emits = {p["name"] for p in spec["paths"] if p.get("emits_score")}  # paths whose first output is the score
         if self.executor == "sequential":
-            self._score = make_session(self.folder / spec["score"]["graph"], threads=threads) if spec["score"] else None
+            score = spec["score"]
+            self._score = make_session(self.folder / score["graph"], threads=threads) \
+                if score and score.get("graph") else None
         else:
             d = spec["decision"]
             self._decision = make_session(self.folder / d["graph"], threads=threads)
@@ -130,11 +133,13 @@ class OrtRuntime(Knobbed):
             return self._forced(x, forced)
         return self._sequential(x, knob)
 
-    def _stage(self, p: int, carry: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Run stage ``p`` on the carry: (the carry the next stage reads, logits)."""
+    def _stage(self, p: int, carry: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+        """Run stage ``p`` on the carry: (the carry the next stage reads, logits, the score it emits or None)."""
         name = self.paths[p]
         outs = self._sessions[name].run(None, dict(zip(self._inputs[name], carry)))
-        return (outs[:-1] if len(outs) > 1 else carry), outs[-1]
+        if name in self._emits:  # (score, logits); the carry is the image
+            return carry, outs[-1], outs[0]
+        return (outs[:-1] if len(outs) > 1 else carry), outs[-1], None
 
     def _sequential(self, x: np.ndarray, thresholds: tuple[float, ...]) -> RuntimeResult:
         t0 = time.perf_counter()
@@ -149,9 +154,11 @@ class OrtRuntime(Knobbed):
         for p in range(P):
             ts = time.perf_counter()
             last = p == P - 1
-            carry, logits = self._stage(p, carry)
+            carry, logits, own = self._stage(p, carry)
             counts[p] = alive.size
-            keep = None if last else self._score.run(None, {"logits": logits})[0] >= np.float32(thresholds[p])
+            if own is None and not last:
+                own = self._score.run(None, {"logits": logits})[0]
+            keep = None if last else own >= np.float32(thresholds[p])
             n_keep = alive.size if keep is None else int(keep.sum())
             if n_keep:
                 kept = logits if keep is None else logits[keep]
@@ -182,7 +189,7 @@ class OrtRuntime(Knobbed):
                 carry = self._advance[name].run(None, dict(zip(self._inputs[name], carry)))
             secs[q] = time.perf_counter() - ts
         ts = time.perf_counter()
-        _, logits = self._stage(p, carry)
+        _, logits, _ = self._stage(p, carry)
         secs[p] = time.perf_counter() - ts
         counts[p] = n
         flops = np.full(n, float(self.skip_flops[:p].sum() + self.stage_flops[p]))

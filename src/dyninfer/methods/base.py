@@ -100,6 +100,11 @@ class Method:
         """Extra ``fit`` arguments the pipeline takes from the path set (default: none)."""
         return {}
 
+    def path_options(self) -> dict:
+        """Settings of the path set this method runs on, passed to :func:`dyninfer.harness.prepare` with its
+        ``kind`` (default: none; the big/little method names its deployed pair)."""
+        return {}
+
     def own_trace(self, trace: Trace) -> Trace:
         """The trace over the paths this policy runs, with the costs its stages pay (default: ``trace``; a
         cascade's chain, an early exit's answering exits); outcomes index its paths."""

@@ -201,9 +201,14 @@ class SearchSpace:
         return SubnetConfig(given, tuple(self.check_stage(st, s) for s, st in enumerate(stages)))
 
     def check_pair(self, pair: Any) -> PairConfig:
-        """``pair`` (a :class:`PairConfig` or ``{"little": ..., "big": ...}``) in canonical form."""
+        """``pair`` (a :class:`PairConfig` or ``{"little": ..., "big": ...}``) in canonical form, or a ConfigError
+        saying what a pair is (a single subnet given for a pair is named as such)."""
         if isinstance(pair, PairConfig):
             pair = {"little": pair.little, "big": pair.big}
+        if isinstance(pair, SubnetConfig) or (isinstance(pair, Mapping) and "stages" in pair):
+            head = pair.head if isinstance(pair, SubnetConfig) else pair.get("head", "(unnamed)")
+            raise ConfigError(f"expected a little/big pair {{'little': <little subnet>, 'big': <big subnet>}}; got a "
+                              f"single subnet (head {head}): give both subnets")
         if not isinstance(pair, Mapping) or set(pair) != {"little", "big"}:
             raise ConfigError(f"a pair configuration has exactly the keys 'little' and 'big'; got {pair!r}")
         return PairConfig(self.check_subnet(pair["little"], "little"), self.check_subnet(pair["big"], "big"))

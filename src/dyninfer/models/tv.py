@@ -23,6 +23,7 @@ TV_MODELS = {
     "tv-resnet18": "resnet18",
     "tv-resnet50": "resnet50",
     "tv-mobilenet_v2": "mobilenet_v2",
+    "tv-mobilenet_v3_small": "mobilenet_v3_small",
     "tv-mobilenet_v3_large": "mobilenet_v3_large",
     "tv-densenet121": "densenet121",
     "tv-densenet161": "densenet161",

@@ -11,14 +11,22 @@ scored by the dynamic system's accuracy and expected cost.
   then Pareto-optimal pairs chosen from many sampled ones without further training (:func:`predictor_search`);
 * :mod:`~dyninfer.search.darts` — DARTS style (first order): a continuous relaxation of every choice of the pair,
   architecture weights on the validation split and network weights on the training split, then the argmax pair
-  (:func:`darts_search`, resumable per epoch).
+  (:func:`darts_search`, resumable per epoch);
+* :mod:`~dyninfer.search.compare` — one strategy run as ``dyninfer search`` runs it (:func:`run_strategy`), and
+  all of them on one supernet compared at a FLOPs budget (:func:`compare_strategies`, :func:`comparison_table`;
+  paper 5.3), their settings in :class:`SearchSettings`.
 """
 
+from .compare import (SMALL, STRATEGIES, SearchSettings, compare_strategies, comparison_table, run_strategy,
+                      supernet_fingerprint)
 from .darts import ArchParameters, DartsResult, darts_search, expected_flops, relaxed_logits
 from .evolution import SearchResult, evolutionary_search
-from .fitness import OBJECTIVES, LatencyTable, PairEvaluator, PairRecord, dominates, hypervolume, pareto_indices
+from .fitness import (OBJECTIVES, LatencyTable, PairEvaluator, PairRecord, dominates, hypervolume, json_safe,
+                      pareto_indices)
 from .predictor import AccuracyPredictor, PredictorResult, one_hot, predictor_search, train_predictor
 
-__all__ = ["OBJECTIVES", "AccuracyPredictor", "ArchParameters", "DartsResult", "LatencyTable", "PairEvaluator", "PairRecord", "PredictorResult",
-           "SearchResult", "darts_search", "dominates", "evolutionary_search", "expected_flops", "hypervolume", "one_hot", "pareto_indices",
-           "predictor_search", "relaxed_logits", "train_predictor"]
+__all__ = ["OBJECTIVES", "SMALL", "STRATEGIES", "AccuracyPredictor", "ArchParameters", "DartsResult", "LatencyTable",
+           "PairEvaluator", "PairRecord", "PredictorResult", "SearchResult", "SearchSettings", "compare_strategies",
+           "comparison_table", "darts_search", "dominates", "evolutionary_search", "expected_flops", "hypervolume",
+           "json_safe", "one_hot", "pareto_indices", "predictor_search", "relaxed_logits", "run_strategy",
+           "supernet_fingerprint", "train_predictor"]

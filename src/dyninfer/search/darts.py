@@ -49,8 +49,9 @@ searches α only. The search works on a **copy** of the supernet (``update_super
 weights back). The network runs in train mode (batch statistics in the switchable batch norms, as DARTS does).
 After the last epoch each field's argmax gives the discrete pair (:meth:`ArchParameters.pair`), checked by
 :meth:`~dyninfer.models.bigsmall.SearchSpace.check_pair` and, given a
-:class:`~dyninfer.search.fitness.PairEvaluator`, scored on the evaluator's own supernet (the caller's, unless
-the evaluator was built on another).
+:class:`~dyninfer.search.fitness.PairEvaluator`, scored on the evaluator's own supernet (its copy of the one it
+was built on, as that was at the evaluator's construction: with ``update_supernet=True`` build the evaluator
+after the search to score the searched weights).
 
 **Resume.** With ``folder``, after every epoch ``state.pt`` (α, both optimiser states, the copy's weights, the
 trajectory, the search cost so far; checksummed, :func:`~dyninfer.io.write_payload`) and ``result.json`` are

@@ -33,7 +33,7 @@ from torch import nn
 from ..check import number
 from ..errors import ConfigError
 from ..io import write_json
-from ..models.bigsmall import BigSmallSupernet, Head, InvertedResidual, PairConfig, expanded
+from ..models.bigsmall import BigSmallSupernet, Head, InvertedResidual, PairConfig, SubnetConfig, expanded
 from ..models.elastic import scaled
 from ..runtime.cost import interleaved_latency, model_device
 
@@ -201,8 +201,7 @@ class LatencyTable:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "batches": list(self.batches), "rounds": self.rounds, "clock": self.clock,
-                "channels": list(self.supernet.channels), "stem": self.supernet.stem_channels,
-                "input_shape": list(self.supernet.input_shape),
+                **_layout(self.supernet),
                 "entries": {k: {str(b): v for b, v in e.items()} for k, e in self.entries.items()}}
 
     def save(self, path: str | Path) -> Path:
@@ -213,7 +212,8 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path, supernet: BigSmallSupernet, **kwargs: Any) -> "LatencyTable":
         """A table for ``supernet`` holding the entries of a file from :meth:`save` (it must describe the same
-        architecture: channels, stem, input shape; measured on the machine that will serve)."""
+        layout — channels, stem, input shape, strides, little-head stage, head widths, normalisation — or it is
+        refused with a ConfigError naming both; measured on the machine that will serve)."""
         import json
 
         try:
@@ -222,13 +222,29 @@ class LatencyTable:
             raise ConfigError(f"cannot read a latency table from {path}: {e}") from e
         if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
             raise ConfigError(f"{path} is not a latency table (format {TABLE_FORMAT!r})")
-        if d["channels"] != list(supernet.channels) or d["stem"] != supernet.stem_channels \
-                or d["input_shape"] != list(supernet.input_shape):
-            raise ConfigError(f"{path} was measured on another architecture (channels {d['channels']}, stem "
-                              f"{d['stem']}, input {d['input_shape']})")
+        if not isinstance(supernet, BigSmallSupernet):
+            raise ConfigError(f"a latency table needs a BigSmallSupernet, got {type(supernet).__name__}")
+        want = _layout(supernet)
+        diff = [k for k in want if d.get(k, _MISSING) != want[k]]
+        if diff:
+            there = ", ".join(f"{k} {d[k] if k in d else '(not recorded)'}" for k in diff)
+            here = ", ".join(f"{k} {want[k]}" for k in diff)
+            raise ConfigError(f"{path} was measured on another supernet layout ({there}); this supernet has "
+                              f"{here}: measure a table for it (LatencyTable(...).fill()) instead")
         table = cls(supernet, batches=d["batches"], rounds=d["rounds"], clock=d["clock"], **kwargs)
         table.entries = {k: {int(b): float(v) for b, v in e.items()} for k, e in d["entries"].items()}
         return table
+
+
+_MISSING = object()
+
+
+def _layout(net: BigSmallSupernet) -> dict:
+    """What a block's latency depends on besides its key: the supernet's layout, in JSON form."""
+    return {"channels": list(net.channels), "stem": net.stem_channels, "input_shape": list(net.input_shape),
+            "strides": [int(v) for v in net.strides], "little_after": net.space.little_after,
+            "head_channels": [int(net.heads[h].conv.out_channels) for h in ("little", "big")],
+            "norm": net.norm_kind}
 
 
 # ---------------------------------------------------------------------------------------- pair evaluation
@@ -296,9 +312,11 @@ class PairEvaluator:
     """Scores little/big pairs of a trained supernet under the confidence router (see the module doc).
 
     Args:
-        supernet: the trained big/little supernet (its switchable batch norms are re-estimated for each pair
-            evaluated, so after a search it holds the statistics of the last pair: re-estimate for the deployed
-            one, e.g. with ``fit_bigsmall(..., pair=...)``).
+        supernet: the trained big/little supernet. The evaluator scores a private copy of it, taken once here
+            (:attr:`supernet`; the caller's is :attr:`source`): each pair's switchable batch norms are re-estimated
+            and its subnets activated on the copy, so the caller's supernet — weights, batch-norm running
+            statistics, active subnet — is never changed by evaluating. The scores (and their cache) are those of
+            the supernet as it was at construction: build a new evaluator after changing its weights.
         images, labels: the validation split scored (N, C, H, W) in [0, 1] and (N,) — the calibration split,
             never the test split.
         bn_images: training images (M, C, H, W) re-estimating the batch norms of each pair (ignored without
@@ -336,7 +354,11 @@ class PairEvaluator:
             serving_batch = latency_table.batches[-1]
         if latency_table is not None:
             latency_table._check_batch(serving_batch)  # type: ignore[arg-type]
-        self.supernet, self.space = supernet, supernet.space
+        self.source = supernet  # the caller's, never changed here
+        self.supernet = copy.deepcopy(supernet).eval()  # the copy whose norms and active subnet evaluation changes
+        for p in self.supernet.parameters():
+            p.requires_grad_(False)
+        self.space = self.supernet.space
         self.images, self.labels = images, labels.long()
         self.bn_images = bn_images
         self.latency_table, self.serving_batch = latency_table, serving_batch
@@ -361,8 +383,8 @@ class PairEvaluator:
     # ------------------------------------------------------------------ evaluation
     def key(self, pair: Any) -> tuple[int, ...]:
         """The cache key of a pair: its encoding (a pair, its dict form, or an encoding vector)."""
-        if isinstance(pair, (PairConfig, Mapping)):
-            return tuple(int(v) for v in self.space.encode(pair))
+        if isinstance(pair, (PairConfig, SubnetConfig, Mapping)):
+            return tuple(int(v) for v in self.space.encode(self.space.check_pair(pair)))  # a ConfigError for a subnet
         cfg = self.space.decode(pair)  # a ConfigError naming the bad entry and the allowed values
         if not isinstance(cfg, PairConfig):
             lengths = self.space.encoding_lengths()
@@ -406,7 +428,8 @@ class PairEvaluator:
             self.cache_hits += 1
             return rec
         cfg = self.space.decode(np.asarray(key))
-        assert isinstance(cfg, PairConfig)
+        if not isinstance(cfg, PairConfig):  # key() refuses these; kept as a ConfigError, never an assert
+            raise ConfigError(f"expected a little/big pair, got a single {cfg.head} subnet")
         out = self._outputs.get(key)
         if out is None:
             out = self._outputs[key] = self._run(cfg)
@@ -447,6 +470,23 @@ class PairEvaluator:
         return n
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples, numbers) with every NaN or infinite float replaced by None, so that
+    ``json.dumps(..., allow_nan=False)`` accepts it: standard JSON has no NaN (an undefined figure, e.g. the
+    RMSE on no held-out pair, is written as null)."""
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def _check_threshold(threshold: Any) -> float:
     number("threshold", threshold, lo=0, hint=" (τ on the little head's max-softmax; above 1 always forwards)")
     return float(threshold)
@@ -480,5 +520,5 @@ def hypervolume(points: Sequence[Sequence[float]], reference_cost: float, refere
     return float(area)
 
 
-__all__ = ["OBJECTIVES", "LatencyTable", "PairEvaluator", "PairRecord", "dominates", "hypervolume",
+__all__ = ["OBJECTIVES", "LatencyTable", "PairEvaluator", "PairRecord", "dominates", "hypervolume", "json_safe",
            "pareto_indices"]

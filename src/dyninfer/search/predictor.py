@@ -26,7 +26,7 @@ from torch import nn
 from ..check import number
 from ..errors import ConfigError
 from ..models.bigsmall import FIELDS, PairConfig, SearchSpace
-from .fitness import PairEvaluator, PairRecord, pareto_indices
+from .fitness import PairEvaluator, PairRecord, json_safe, pareto_indices
 
 
 def one_hot(space: SearchSpace, encodings: Any) -> torch.Tensor:
@@ -179,9 +179,11 @@ class PredictorResult:
     cost: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"measured": [r.as_dict() for r in self.measured], "report": self.report,
-                "front": [c.as_dict() for c in self.front], "candidates": self.candidates,
-                "remeasured": self.remeasured, "cost": self.cost}
+        """The result in standard JSON form: an undefined figure (NaN or infinite, e.g. the held-out RMSE with
+        ``holdout=0``) is None (null), never a bare ``NaN``."""
+        return json_safe({"measured": [r.as_dict() for r in self.measured], "report": self.report,
+                          "front": [c.as_dict() for c in self.front], "candidates": self.candidates,
+                          "remeasured": self.remeasured, "cost": self.cost})
 
 
 def _distinct_pairs(space: SearchSpace, n: int, rng: np.random.Generator, seen: set) -> list[PairConfig]:

@@ -24,7 +24,10 @@ is not covered by the guarantee's confidence.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -51,6 +54,41 @@ class LearnedRouterScore(EmittedScore):
         super().__init__(gate)
 
 
+def read_pair(pair: str | os.PathLike | Mapping | None) -> dict | None:
+    """A deployed pair given as a mapping or a JSON file (see :class:`BigSmall`'s ``pair``), as a plain dict
+    ``{"little": ..., "big": ...}`` (its choices are checked against the supernet's space when the paths are built).
+    """
+    if pair is None:
+        return None
+    where = "the pair"
+    if isinstance(pair, (str, os.PathLike)):
+        path, where = Path(pair), f"pair file {pair}"
+        if not path.is_file():
+            raise ConfigError(f"{where} does not exist; give a JSON file with a pair, a scored pair or a "
+                              f"`dyninfer search` result (search.json)")
+        try:
+            pair = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{where} is not readable JSON: {e}") from None
+    if isinstance(pair, Mapping) and "best" in pair and not {"little", "big"} <= set(pair):
+        if pair["best"] is None:
+            raise ConfigError(f"{where} is a search result without a best pair (none within its budget); "
+                              f"rerun the search with a larger --budget-mflops or pick a pair from its front")
+        pair = pair["best"]
+    if isinstance(pair, Mapping) and "pair" in pair and not {"little", "big"} <= set(pair):
+        pair = pair["pair"]
+    if not isinstance(pair, Mapping) or not {"little", "big"} <= set(pair):
+        raise ConfigError(f"{where} must hold {{'little': ..., 'big': ...}}, a scored pair {{'pair': ...}} or a "
+                          f"search result with 'best'; got {str(pair)[:200]}")
+    return json.loads(json.dumps({"little": pair["little"], "big": pair["big"]}, default=_plain))
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "as_dict"):
+        return v.as_dict()
+    raise ConfigError(f"a pair holds configurations or plain mappings, got {type(v).__name__}")
+
+
 @register_method("bigsmall")
 class BigSmall(Cascade):
     """Little answers, big on demand (see the module doc).
@@ -61,19 +99,24 @@ class BigSmall(Cascade):
         tolerance, confidence, bound: the shared guarantee (accuracy lost against the big path).
         grid: score quantiles (kept for the cascade's protocol; a pair has one threshold).
         seed: seed of the cascade's calibration split.
+        pair: the deployed little/big pair: None (the largest pair), ``{"little": ..., "big": ...}``, or the path of
+            a JSON file holding one: a pair, a scored pair (``{"pair": ...}``) or a ``dyninfer search`` result
+            (its ``best`` pair). A file is read once, here; the method keeps (and saves) the pair itself.
 
     Fitted attributes: as :class:`~dyninfer.methods.cascade.Cascade`, and ``difficulty_`` (the fitted
     :class:`~dyninfer.scores.DifficultyScore`, when ``difficulty`` is among ``scores``).
     """
 
     path_kind = "bigsmall"
-    experimental = True  # no measured figures or report of its own yet; `dyninfer compare` runs it when named
+    experimental = True  # its co-trained supernet adds half an hour to a first quick run; `dyninfer compare` runs it when named
     routers = ROUTERS
 
     def __init__(self, *, scores: Sequence[str] = ROUTERS, difficulty_c: float = 1.0, tolerance: float = 0.001,
-                 confidence: float = 0.95, bound: str = "clt", grid: int = 40, seed: int = 0) -> None:
+                 confidence: float = 0.95, bound: str = "clt", grid: int = 40, seed: int = 0,
+                 pair: str | dict | None = None) -> None:
         number("difficulty_c", difficulty_c, lo=0, lo_open=True)
         self.difficulty_c = difficulty_c
+        self.pair = read_pair(pair)
         super().__init__(stages=("little", "big"), scores=scores, tolerance=tolerance, confidence=confidence,
                          bound=bound, grid=grid, seed=seed)
 
@@ -83,6 +126,10 @@ class BigSmall(Cascade):
         if router == "learned":
             return [LearnedRouterScore()]
         return [self.difficulty_]
+
+    def path_options(self) -> dict:
+        """The deployed pair, for :func:`dyninfer.harness.prepare` (checked against the supernet's space there)."""
+        return {"pair": self.pair}
 
     def fit(self, calib: Trace, **kwargs: Any) -> "BigSmall":
         """Fit the difficulty router on the little head's calibration logits (when asked for), then choose router
