@@ -156,9 +156,12 @@ PRESETS.register("full", Preset(
     supernet_training=SlimmableTraining(teacher=Recipe(epochs=8), stage_epochs=(1, 1, 2, 2), lock_epochs=2,
                                         train_images=20000, eval_images=2000),
     supernet_baselines=_baselines(5, 20000),
-    bigsmall_training=CoTraining(epochs=5, eval_images=2000),  # not yet timed on this CPU
-    bigsmall_ablation=CoTraining(epochs=1, train_images=10000, eval_images=1000, random_subnets=1),
-    bigsmall_baselines={n: Recipe(epochs=4) for n in _TV_BASELINES},
+    # bigsmall, sized from the quick run's measured seconds (about 0.011 s per image and epoch in the full phase,
+    # 0.042 with four pairs in the others): co-training about 70 min, nine ablation arms about 50, the baselines
+    # about 25 (the small one trains at 357 img/s): about 2.7 h in all with measurement; not yet run
+    bigsmall_training=CoTraining(epochs=2, train_images=15000, eval_images=2000),
+    bigsmall_ablation=CoTraining(epochs=1, train_images=3000, eval_images=1000, random_subnets=1),
+    bigsmall_baselines={n: Recipe(epochs=2, batch_size=256) for n in _TV_BASELINES},
     train_limit=None, calib_size=10000, cost_rounds=3, latency_repeats=20, latency_min_s=0.3, runtime_rounds=7,
     timing_samples=5120, batch1_samples=200,
 ))
