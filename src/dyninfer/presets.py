@@ -158,7 +158,7 @@ PRESETS.register("full", Preset(
     supernet_baselines=_baselines(5, 20000),
     # bigsmall, sized from the quick run's measured seconds (about 0.011 s per image and epoch in the full phase,
     # 0.042 with four pairs in the others): co-training about 70 min, nine ablation arms about 50, the baselines
-    # about 25 (the small one trains at 357 img/s): about 2.7 h in all with measurement; not yet run
+    # about 28 (357, 188 and 118 img/s here): about 2.7 h in all with measurement; not yet run
     bigsmall_training=CoTraining(epochs=2, train_images=15000, eval_images=2000),
     bigsmall_ablation=CoTraining(epochs=1, train_images=3000, eval_images=1000, random_subnets=1),
     bigsmall_baselines={n: Recipe(epochs=2, batch_size=256) for n in _TV_BASELINES},
