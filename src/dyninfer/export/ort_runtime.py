@@ -43,6 +43,10 @@ def make_session(path: str | os.PathLike, *, threads: int | None = None):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # no busy-waiting between calls: spinning worker threads would take the cores from whatever runs next (torch
+    # timed in the same interleaved rounds measured 60x slower at batch 1 beside spinning sessions)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
