@@ -231,7 +231,8 @@ def test_a_time_budget_maps_through_measured_latencies(digits_prepared):
 
 def test_bigsmall_run_and_its_policy_reloads(tmp_path, digits_bigsmall):
     out = tmp_path / "bigsmall"
-    assert main(["run", "bigsmall", *FAST, "--out", str(out), "--set", "tolerance=0.05"]) == 0
+    # its own figures have their test (test_bigsmall_figures.py)
+    assert main(["run", "bigsmall", *FAST, "--out", str(out), "--set", "tolerance=0.05", "--no-figures"]) == 0
     res = _check_run(out, "bigsmall")
     pol = load_policy(out)
     assert pol.method.name == "bigsmall" and pol.paths.kind == "bigsmall" and pol.paths.names == ["little", "big"]

@@ -785,12 +785,14 @@ def make(ev, cfg: BigSmallFigures, log: Callable[[str], None]) -> list[Section]:
             f"the torch runtime: {chk.get('pred_mismatch')} predictions and {chk.get('path_mismatch')} routes differ of {chk.get('n')}. "
             f"Times interleaved in this run.\n\n" + dep["table"], {k: v for k, v in dep.items() if k != "table"}))
     if cfg.search:
-        from ...io import cache_dir
+        from ...io import cache_dir, digest
         from ...search import SMALL, compare_strategies, comparison_table, supernet_fingerprint
 
         settings = SMALL.replace(**cfg.search_settings)
         log("[figures] bigsmall: 5.3 the search strategies")
-        folder = cache_dir() / "search" / ev.prep.data.spec.name / f"{supernet_fingerprint(net)}-{ev.prep.data.fingerprint}"
+        key = digest(dataclasses.asdict(settings))[:8]  # other settings: another study, never mixed
+        folder = cache_dir() / "search" / ev.prep.data.spec.name / \
+            f"{supernet_fingerprint(net)}-{ev.prep.data.fingerprint}-{key}"
         res53 = compare_strategies(net, ev.prep.data, budget_flops=budget, settings=settings, folder=folder,
                                    seed=ev.cfg.seed, log=log, progress=ev.cfg.progress)
         sections.append(Section("bigsmall_5_3", "5.3 — search strategies",
