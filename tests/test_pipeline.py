@@ -26,7 +26,9 @@ def _check_run(out, method: str) -> dict:
     ag = res["agreement"]
     assert ag["samples"] == res["data"]["test"] and ag["pred_mismatch"] == ag["path_mismatch"] == ag["flops_mismatch"] == 0
     op = res["operating_point"]
-    assert op["test_flops"] <= op["reference_flops"] * 1.2 and "Learn-then-Test" in op["statement"]
+    # a certified point, or (nothing certified is cheaper than the reference) the reference alone, said so
+    assert op["test_flops"] <= op["reference_flops"] * 1.2 and ("Learn-then-Test" in op["statement"]
+                                                                or "alone" in op["statement"])
     assert set(res["timing"]["throughput"]) == {"policy", "forced", "plain"}
     assert res["energy"]["policy"]["source"]
     md = (out / "report.md").read_text()
