@@ -240,8 +240,7 @@ def _systems(ev, cfg: BigSmallFigures, main: _Pair, log) -> tuple[list[dict], di
         small, large = CASCADE_MODELS
         if small in trained and large in trained:
             fc = fixed_cascade(trained[small][0], trained[large][0], test, threshold=cfg.fixed_threshold,
-                               device=ev.cfg.device, rounds=1, batch1_samples=1, warmup=0, timing_samples=256,
-                               log=log)
+                               device=ev.cfg.device, log=log)
             rt = cascade_runtime(trained[small][0], trained[large][0], cfg.fixed_threshold,
                                  input_shape=ev.prep.data.spec.input_shape, device=ev.cfg.device)
             rows.append({"system": f"MobileNetV3-S → L, fixed τ={cfg.fixed_threshold:g}", "kind": "fixed cascade",
