@@ -24,7 +24,7 @@ def report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bigsmall") / "run"
     cfg = RunConfig(method="bigsmall", preset="tiny", dataset="digits", progress=False,
-                    figures={"thresholds": (0.0, 0.7, 1.0), "ablations": ("independent", "no-distill", "width-only"),
+                    figures={"thresholds": (0.0, 0.7, 1.0), "ablations": ("independent", "no-distill", "width-only", "no-routing"),
                              "space_pairs": 3, "eval_images": 200, "examples": 2, "seeds": (1,),
                              "search_settings": SEARCH, "singles": 2})
     folder = run(cfg, out, log=lambda s: None)
@@ -88,7 +88,7 @@ def test_ablation_arms_are_compared_at_the_reference_flops(report):
     _, res = report
     ab = _section(res, "bigsmall_5_4_2")
     arms = ab["arms"]
-    assert set(arms) == {"reference", "independent", "no-distill", "width-only"}
+    assert set(arms) == {"reference", "independent", "no-distill", "width-only", "no-routing"}
     for name, a in arms.items():
         assert 0 <= a["top1"] <= 1
         if name != "reference":
@@ -98,6 +98,14 @@ def test_ablation_arms_are_compared_at_the_reference_flops(report):
         (arms["reference"]["little_acc"], arms["reference"]["big_acc"])
     # the width-only arm searches width and expansion alone; the tiny reference trained the largest pair only
     assert arms["width-only"]["space"]["scored"] >= 2 and arms["reference"]["space"]["scored"] == 1
+    # L_routing trains the router alone (its inputs are detached): without it the supernet trains the same, and
+    # the loss arm is also compared on the learned router, at the same calibration FLOPs as the reference
+    assert (arms["no-routing"]["little_acc"], arms["no-routing"]["big_acc"]) == \
+        (arms["reference"]["little_acc"], arms["reference"]["big_acc"])
+    for name in ("reference", "no-routing"):
+        learned = arms[name]["learned"]
+        assert 0 <= learned["top1"] <= 1 and learned["flops"] > 0
+    assert "learned" not in arms["independent"]
 
 
 def test_deployment_and_fig56(report):

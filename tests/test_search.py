@@ -16,7 +16,7 @@ import torch
 from dyninfer import ConfigError
 from dyninfer.models.bigsmall import PairConfig
 from dyninfer.search import (AccuracyPredictor, LatencyTable, PairEvaluator, dominates, evolutionary_search,
-                             hypervolume, one_hot, pareto_indices, predictor_search, train_predictor)
+                             hypervolume, one_hot, ordinal, pareto_indices, predictor_search, train_predictor)
 from dyninfer.search.evolution import pair_from_params, param_name
 from dyninfer.train.bigsmall import pair_metrics, recalibrate_pairs
 
@@ -208,7 +208,7 @@ def test_the_predictor_learns_measured_pairs_and_picks_a_predicted_pareto_set(tr
     assert [c.predicted_flops for c in front] == sorted(c.predicted_flops for c in front)
     for c in front:
         assert c.little_flops == trained.flops(trained.decode(np.array(c.encoding)).little)
-        p = res.predictor.predict(np.array(c.encoding))[0]
+        p = res.predictor.predict(np.array(c.encoding), np.array([c.little_flops, c.big_flops]))[0]
         assert c.predicted_accuracy == pytest.approx(p[0], abs=1e-6)
         assert c.predicted_flops == pytest.approx(c.little_flops + (1 - p[1]) * c.big_flops, rel=1e-6)
     rm = res.remeasured
@@ -230,6 +230,55 @@ def test_one_hot_features_and_predictor_training_checks(trained, digits):
     recs = ev.evaluate_many(_corners(trained))
     with pytest.raises(ConfigError, match="at least 2 training pairs"):
         train_predictor(recs, space, holdout=0.5)
+
+
+def _synthetic_records(space, n: int, seed: int):
+    """Pairs whose accuracy is a smooth function of their (made-up) FLOPs, as a co-trained supernet's roughly are."""
+    from dyninfer.search.fitness import PairRecord
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        p = space.sample_pair(rng)
+        fl, fb = float(rng.uniform(1e6, 2e7)), float(rng.uniform(2e7, 8e7))
+        acc = 0.5 + 0.05 * np.log(fl / 1e6) + 0.02 * np.log(fb / 2e7)
+        out.append(PairRecord(tuple(int(v) for v in space.encode(p)), p.as_dict(), 0.9, float(acc), float(acc),
+                              float(acc), 0.6, 0.4, fl + 0.4 * fb, int(fl), int(fb)))
+    return out
+
+
+def test_the_predictor_reads_flops_and_averages_an_ensemble():
+    from dyninfer.models.bigsmall import SearchSpace
+
+    space = SearchSpace()
+    recs = _synthetic_records(space, 96, 0)
+    rng = (1e6, 8e7)
+    plain, rep_plain = train_predictor(recs, space, holdout=0.25, seed=0)
+    ens, rep = train_predictor(recs, space, holdout=0.25, flops_range=rng, members=3, encoding="ordinal", seed=0)
+    assert len(ens.members) == 3 and rep["members"] == 3 and rep["flops_features"] and rep["encoding"] == "ordinal"
+    # accuracy follows FLOPs, which the one-hot encoding of 72 random pairs does not show the MLP (it does no better
+    # than the mean); the FLOPs features on the compact ordinal encoding must
+    assert rep["rmse_points"] < 0.75 * rep["mean_rmse_points"]
+    assert rep["rmse_points"] < 0.75 * rep_plain["rmse_points"]
+    enc = np.array([r.encoding for r in recs[:4]])
+    fl = np.array([[r.little_flops, r.big_flops] for r in recs[:4]])
+    with torch.no_grad():
+        members = torch.stack([ens(ens.features(enc, fl), member=i) for i in range(3)]).mean(0).numpy()
+    assert np.allclose(ens.predict(enc, fl), members, atol=1e-6)
+    with pytest.raises(ConfigError, match="counted FLOPs"):
+        ens.predict(enc)
+    with pytest.raises(ConfigError, match=r"positive \(n, 2\)"):
+        ens.predict(enc, -fl)
+    with pytest.raises(ConfigError, match="flops_range"):
+        AccuracyPredictor(space, flops_range=(0, 1))
+    with pytest.raises(ConfigError, match=r"unknown predictor encoding 'binary'; allowed: \['one-hot', 'ordinal'\]"):
+        AccuracyPredictor(space, encoding="binary")
+    x = ordinal(space, enc)
+    assert x.shape == enc.shape and float(x.min()) >= 0 and float(x.max()) <= 1
+    largest = space.encode(PairConfig(space.max_subnet("little"), space.max_subnet("big")))
+    smallest = space.encode(PairConfig(space.min_subnet("little"), space.min_subnet("big")))
+    assert torch.equal(ordinal(space, largest)[0], torch.ones(enc.shape[1]))
+    assert torch.equal(ordinal(space, smallest)[0], torch.zeros(enc.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------- invalid input

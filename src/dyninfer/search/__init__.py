@@ -23,10 +23,10 @@ from .darts import ArchParameters, DartsResult, darts_search, expected_flops, re
 from .evolution import SearchResult, evolutionary_search
 from .fitness import (OBJECTIVES, LatencyTable, PairEvaluator, PairRecord, dominates, hypervolume, json_safe,
                       pareto_indices)
-from .predictor import AccuracyPredictor, PredictorResult, one_hot, predictor_search, train_predictor
+from .predictor import AccuracyPredictor, PredictorResult, one_hot, ordinal, predictor_search, train_predictor
 
 __all__ = ["OBJECTIVES", "SMALL", "STRATEGIES", "AccuracyPredictor", "ArchParameters", "DartsResult", "LatencyTable",
            "PairEvaluator", "PairRecord", "PredictorResult", "SearchResult", "SearchSettings", "compare_strategies",
            "comparison_table", "darts_search", "dominates", "evolutionary_search", "expected_flops", "hypervolume",
-           "json_safe", "one_hot", "pareto_indices", "predictor_search", "relaxed_logits", "run_strategy",
+           "json_safe", "one_hot", "ordinal", "pareto_indices", "predictor_search", "relaxed_logits", "run_strategy",
            "supernet_fingerprint", "train_predictor"]

@@ -150,6 +150,23 @@ class _Pair:
         ok = np.flatnonzero(c.accuracy >= accuracy)
         return None if not ok.size else float(c.settings[ok[np.argmin(c.cost[ok])]][0])
 
+    def learned_at_flops(self, flops: float) -> dict | None:
+        """The learned router alone: its most accurate threshold on calibration within ``flops`` (the cheapest
+        when none is), and that threshold on test (``top1``, ``flops``, ``tau``); None when the system has no
+        learned router."""
+        from .method import BigSmall
+
+        if self.paths.router is None:
+            return None
+        m = self.method
+        learned = BigSmall(scores=("learned",), tolerance=m.tolerance, confidence=m.confidence, bound=m.bound,
+                           grid=m.grid, seed=m.seed).fit(self.calib)
+        c = learned.curve(self.calib)
+        ok = np.flatnonzero(c.cost <= flops * (1 + 1e-9))
+        j = ok[np.argmax(c.accuracy[ok])] if ok.size else int(np.argmin(c.cost))
+        o = learned.simulate(self.test, c.settings[j])
+        return {"tau": float(c.settings[j][0]), "top1": o.accuracy, "flops": o.mean_flops}
+
     def runtime(self, tau: float, device):
         rt = self.method.runtime(self.paths, device=device)
         rt.knob = (tau,)
@@ -511,13 +528,28 @@ def _ablations(ev, cfg: BigSmallFigures, main: _Pair, budget: float, log) -> tup
         tau = a.tau_for_flops(target)
         o = a.at(a.test, tau)
         rows[arm] = _arm_row(a, tau, o, mcnemar(o.correct, o_ref.correct))
+        if arm in LOSS_ARMS:
+            rows[arm]["learned"] = a.learned_at_flops(target)
         rows[arm]["seconds"] = time.perf_counter() - t0
         curves[arm] = a.test_curve
         if arm in SPACE_ARMS:
             rows[arm]["space"] = _space_search(ev, cfg, a, arm, budget, PairEvaluator)
     if any(a in SPACE_ARMS for a in cfg.ablations):
         rows["reference"]["space"] = _space_search(ev, cfg, ref, "full", budget, PairEvaluator)
+    if any(a in LOSS_ARMS for a in cfg.ablations):
+        rows["reference"]["learned"] = ref.learned_at_flops(target)
     results["arms"] = rows
+
+    def learned_table(names: list[str]) -> str:
+        names = ["reference"] + [n for n in names if n in rows]
+        return markdown_table(
+            ["arm", "learned router τ (calib)", "top-1 % at equal FLOPs", "MFLOPs", "Δ vs reference (pts)"],
+            [[ref_name if n == "reference" else n]
+             + (["—"] * 4 if not rows[n].get("learned") or not rows["reference"].get("learned") else
+                [f"{rows[n]['learned']['tau']:.4g}", _pct(rows[n]["learned"]["top1"]), _mf(rows[n]["learned"]["flops"]),
+                 "—" if n == "reference" else
+                 f"{100 * (rows[n]['learned']['top1'] - rows['reference']['learned']['top1']):+.2f}"])
+             for n in names]) if len(names) > 1 else ""
 
     def table(names: list[str]) -> str:
         names = ["reference"] + [n for n in names if n in rows]
@@ -537,6 +569,12 @@ def _ablations(ev, cfg: BigSmallFigures, main: _Pair, budget: float, log) -> tup
              f"({_mf(target)} MFLOPs); accuracies on test. McNemar: arm vs reference on the same test images.\n\n")
     mds = {"5.4.2": intro + table(["independent", "no-distill"]),
            "5.4.4": intro + table(list(LOSS_ARMS))}
+    if any(a in LOSS_ARMS for a in cfg.ablations):
+        mds["5.4.4"] += ("\nThe router's inputs are detached during co-training (`router_grad=False`), so L_routing "
+                         "and its efficiency term η train the learned router alone: without them the supernet's "
+                         "weights, and the confidence-router rows above, can equal the reference's. Their effect is "
+                         "on the learned router, compared here at the same FLOPs:\n\n"
+                         + learned_table(list(LOSS_ARMS)))
     space = [n for n in ["reference", *SPACE_ARMS] if n in rows and "space" in rows[n]]
     mds["5.4.3"] = intro + table(list(SPACE_ARMS))
     if space:
