@@ -111,6 +111,12 @@ def _mf(v: float) -> str:
 
 # ---------------------------------------------------------------------------------------- dynamic systems
 
+def _best_within(curve, flops: float) -> int:
+    """Index of the most accurate point of ``curve`` whose cost stays within ``flops`` (the cheapest if none does)."""
+    ok = np.flatnonzero(curve.cost <= flops * (1 + 1e-9))
+    return int(ok[np.argmax(curve.accuracy[ok])]) if ok.size else int(np.argmin(curve.cost))
+
+
 class _Pair:
     """One co-trained (or independent) big/little system on this run's data: paths, traces, the confidence-router
     method fitted on its calibration trace (same guarantee as the run's), and its test curve."""
@@ -140,9 +146,7 @@ class _Pair:
         """The most accurate threshold on calibration whose mean FLOPs stay within ``flops`` (the cheapest point
         when none does)."""
         c = self.calib_curve
-        ok = np.flatnonzero(c.cost <= flops * (1 + 1e-9))
-        j = ok[np.argmax(c.accuracy[ok])] if ok.size else int(np.argmin(c.cost))
-        return float(c.settings[j][0])
+        return float(c.settings[_best_within(c, flops)][0])
 
     def tau_for_accuracy(self, accuracy: float) -> float | None:
         """The cheapest threshold on calibration reaching ``accuracy`` (None if none does)."""
@@ -162,8 +166,7 @@ class _Pair:
         learned = BigSmall(scores=("learned",), tolerance=m.tolerance, confidence=m.confidence, bound=m.bound,
                            grid=m.grid, seed=m.seed).fit(self.calib)
         c = learned.curve(self.calib)
-        ok = np.flatnonzero(c.cost <= flops * (1 + 1e-9))
-        j = ok[np.argmax(c.accuracy[ok])] if ok.size else int(np.argmin(c.cost))
+        j = _best_within(c, flops)
         o = learned.simulate(self.test, c.settings[j])
         return {"tau": float(c.settings[j][0]), "top1": o.accuracy, "flops": o.mean_flops}
 
