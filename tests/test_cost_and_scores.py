@@ -25,6 +25,10 @@ def test_time_per_batch_interpolates_measured_sizes():
     assert c.time_per_batch(136) == pytest.approx(14.5)
     assert c.time_per_batch(512) == pytest.approx(26.5 + 0.1 * 256)
     assert PathCost.from_dict(c.to_dict()) == c
+    # noise made the largest batch measure faster than the one before: beyond it, time grows in proportion
+    noisy = PathCost("q", 1, 1, 1, {b: LatencyStats(b, t, t, t, t, 0.0, 1) for b, t in ((16, 3.0), (64, 2.0))})
+    assert noisy.time_per_batch(256) == pytest.approx(2.0 * 256 / 64)
+    assert noisy.time_per_batch(32) == pytest.approx(3.0 - 16 / 48)
 
 
 def test_energy_meter_labels_estimates():

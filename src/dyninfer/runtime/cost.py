@@ -285,7 +285,9 @@ class PathCost:
     def time_per_batch(self, batch: int | np.ndarray) -> np.ndarray:
         """Predicted wall time of one call at ``batch`` samples: piecewise-linear in the measured batch sizes.
 
-        Zero samples cost nothing (the runtime skips the call).
+        Beyond the largest measured batch the last segment's slope continues; where noise made that slope zero
+        or negative (a larger batch measured no slower), the time grows in proportion to the batch instead, so a
+        prediction is never negative. Zero samples cost nothing (the runtime skips the call).
         """
         if not self.latency:
             raise TraceError(f"path {self.name} has no latency measurements; measure them with dyninfer.paths.measure_costs")
@@ -296,6 +298,8 @@ class PathCost:
             t = ts[0] * b / bs[0]
         else:
             slope = (ts[-1] - ts[-2]) / (bs[-1] - bs[-2])
+            if slope <= 0:
+                slope = ts[-1] / bs[-1]
             t = np.where(b > bs[-1], ts[-1] + slope * (b - bs[-1]), np.interp(b, bs, ts))
         return np.where(b > 0, t, 0.0)
 
