@@ -156,5 +156,6 @@ def test_the_fitted_slimmable_runtime_agrees_with_its_simulation(cifar100_supern
         assert np.array_equal(res.path.numpy(), sim.path), knob
         assert res.mean_flops == pytest.approx(sim.mean_flops, rel=1e-9), knob
         if share is not None:  # a budget between the cheapest and the full width: both ends of the chain run
-            assert sim.mean_flops <= share * full * (1 + 1e-9)
+            # the knob meets the budget on the calibration split it was mapped through (not promised on test)
+            assert m.simulate(prep.calib, knob).mean_flops <= share * full * (1 + 1e-9)
             assert 0 < int((sim.path == len(m.stages_) - 1).sum()) < len(x), knob
