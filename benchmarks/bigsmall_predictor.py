@@ -36,6 +36,7 @@ from dyninfer.report.tables import markdown_table
 from dyninfer.report.writer import Section, provenance, write_report
 from dyninfer.search import PairEvaluator, train_predictor
 from dyninfer.search.fitness import PairRecord
+from dyninfer.search.predictor import supernet_flops_range
 from dyninfer.train.bigsmall import fit_bigsmall
 
 # name -> train_predictor settings (None: predict the training pairs' mean accuracy)
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     records = measure_pairs(ev, args.pairs, out / f"pairs-tau{args.threshold:g}-seed{args.seed}.json", args.seed, log)
     sizes_all = [n for n in (8, 16, 32, 64, 96, 128, 192) if n < len(records) - args.holdout]
     sizes = sizes_all + [len(records) - args.holdout]
-    snet = ev.supernet
-    fls = [snet.flops(getattr(snet, f"{e}_subnet")(h)) for e in ("min", "max") for h in ("little", "big")]
-    flops_range = (float(min(fls)), float(max(fls)))
+    flops_range = supernet_flops_range(ev.supernet)
     log(f"[predictor] study: {len(VARIANTS)} predictors x {len(sizes)} training sizes x {args.repeats} splits")
     res = study(records, ev.space, flops_range, holdout=args.holdout, sizes=sizes, repeats=args.repeats, seed=args.seed)
     acc = np.array([r.accuracy for r in records])

@@ -79,6 +79,12 @@ def ordinal(space: SearchSpace, encodings: Any) -> torch.Tensor:
 ENCODINGS = {"one-hot": one_hot, "ordinal": ordinal}
 
 
+def supernet_flops_range(net: Any) -> tuple[float, float]:
+    """The (smallest, largest) counted FLOPs of a little or big subnet of ``net``: a predictor's ``flops_range``."""
+    sizes = [net.flops(getattr(net, f"{end}_subnet")(head)) for end in ("min", "max") for head in ("little", "big")]
+    return float(min(sizes)), float(max(sizes))
+
+
 class AccuracyPredictor(nn.Module):
     """MLP on a pair's one-hot encoding -> (dynamic accuracy, exit rate), both in [0, 1] (sigmoid outputs).
 
@@ -323,10 +329,7 @@ def predictor_search(evaluator: PairEvaluator, *, measure: int = 64, candidates:
     measured = [evaluator.evaluate(p) for p in tqdm(pairs, desc="measure pairs", disable=not progress, leave=False)]
     say(f"[search] predictor: measured {len(measured)} pairs "
         f"({evaluator.evaluated - ran0} run, {evaluator.cpu_seconds - cpu0:.1f} CPU s)")
-    flops_range = None
-    if flops_features:
-        sizes = [net.flops(getattr(net, f"{end}_subnet")(head)) for end in ("min", "max") for head in ("little", "big")]
-        flops_range = (float(min(sizes)), float(max(sizes)))
+    flops_range = supernet_flops_range(net) if flops_features else None
     model, report = train_predictor(measured, space, holdout=holdout, hidden=hidden, layers=layers, epochs=epochs,
                                     lr=lr, flops_range=flops_range, members=members, encoding=encoding, seed=seed)
     say(f"[search] predictor: held-out accuracy RMSE {report['rmse_points']:.2f} points on {report['n_holdout']} "
@@ -361,4 +364,4 @@ def predictor_search(evaluator: PairEvaluator, *, measure: int = 64, candidates:
     return PredictorResult(measured, model, report, front, len(pool), remeasured, cost_report)
 
 
-__all__ = ["AccuracyPredictor", "Candidate", "PredictorResult", "flops_features", "one_hot", "ordinal", "predictor_search", "train_predictor"]
+__all__ = ["AccuracyPredictor", "Candidate", "PredictorResult", "flops_features", "one_hot", "ordinal", "supernet_flops_range", "predictor_search", "train_predictor"]
