@@ -12,6 +12,7 @@ import torch
 from dyninfer.data.canvas import CanvasConfig, build_split, check_boxes, load_canvases, tight_box
 from dyninfer.data.datasets import load_dataset
 from dyninfer.errors import ConfigError, DataError, InputError, NotFittedError
+from dyninfer.methods import load_method
 from dyninfer.methods.cascade.detection import DetectionCascade, mean_average_precision, record_pair
 from dyninfer.models.detection import DetectorConfig, build_detector
 from dyninfer.train.detection import DetRecipe, cached_detector
@@ -128,16 +129,19 @@ def test_free_energy_eqs_12_13_by_hand():
 def test_empty_images_through_runtime_and_metric(pair, canvases):
     pytest.importorskip("torchmetrics")
     s, t = pair
+    casc = DetectionCascade(grid=4).fit(record_pair(s, t, canvases.calib.x, canvases.calib.targets()))
     x = torch.cat([torch.zeros(2, 1, 64, 64), canvases.test.x[:4]])  # two blank canvases
     targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2 + canvases.test.targets(range(4))
     for knob in (-np.inf, 0.0, np.inf):
-        res = DetectionCascade().runtime(s, t, knob=knob)(x)
+        res = casc.runtime(pair, knob=knob)(x)
         assert len(res.detections) == 6 and res.keep.shape == (6,)
         assert all(d["boxes"].shape[1:] == (4,) for d in res.detections)
         mean_average_precision(res.detections, targets)
     nothing = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}] * 6
     assert mean_average_precision(nothing, targets)["map"] <= 0  # no detection at all: mAP 0 (or -1), no crash
-    assert len(DetectionCascade().runtime(s, t, knob=0.0)(x[:0]).detections) == 0
+    assert len(casc.runtime(pair, knob=0.0)(x[:0]).detections) == 0
+    with pytest.raises(InputError, match="NaN"):
+        casc.runtime(pair)(torch.full((1, 1, 64, 64), float("nan")))
     with pytest.raises(InputError):
         s.detect(torch.zeros(2, 3, 64, 64))
 
@@ -152,7 +156,7 @@ def test_runtime_equals_simulate_and_save_load(pair, canvases, tmp_path):
     mids = (sc[:-1] + sc[1:]) / 2
     for knob in [-np.inf, float(mids[len(mids) // 3]), float(mids[2 * len(mids) // 3]), np.inf, None]:
         sim = casc.simulate(rec, knob)
-        run = casc.runtime(s, t, knob=knob)(split.x)
+        run = casc.runtime(pair, knob=knob)(split.x)
         assert (run.keep.numpy() == sim.keep).all()
         for a, b in zip(run.detections, sim.detections):
             assert torch.allclose(a["boxes"], b["boxes"], atol=1e-4) and torch.equal(a["labels"], b["labels"])
@@ -161,7 +165,8 @@ def test_runtime_equals_simulate_and_save_load(pair, canvases, tmp_path):
     cv = casc.curve(rec)
     assert cv.cost.min() >= rec.flops[0] and cv.cost.max() == pytest.approx(sum(rec.flops))
     casc.save(tmp_path)
-    back = DetectionCascade.load(tmp_path)
+    back = load_method(tmp_path)
+    assert isinstance(back, DetectionCascade)
     assert back.threshold_ == casc.threshold_ and back.router == "energy" and back.calib_map_ == casc.calib_map_
     assert (back.simulate(rec).keep == casc.simulate(rec).keep).all()
 
@@ -172,7 +177,7 @@ def test_bad_settings(pair):
     with pytest.raises(ConfigError, match="tolerance"):
         DetectionCascade(tolerance=1.5)
     with pytest.raises(NotFittedError):
-        DetectionCascade().runtime(*pair)
+        DetectionCascade().runtime(pair)
     with pytest.raises(ConfigError):
         DetectorConfig(image_size=30)
 

@@ -11,6 +11,7 @@ import torch
 
 from dyninfer.data.rotated import check_targets, rotation_splits, rotation_task
 from dyninfer.errors import CheckpointError, ConfigError, DataError, NotFittedError
+from dyninfer.methods import load_method
 from dyninfer.methods.cascade import RegressionCascade, RegressionOutputs
 from dyninfer.models import create_model
 from dyninfer.models.regression import EnergyRegressor
@@ -105,7 +106,7 @@ def test_runtime_predictions_equal_the_simulation(models, outputs):
     scores = cascade.scores(calib)
     for t in [cascade.threshold_, *np.quantile(scores, [0.0, 0.3, 0.7]).tolist(), math.inf]:
         sim = cascade.simulate(calib, t)
-        run = cascade.runtime(*models, knob=t, costs=calib.costs)
+        run = cascade.runtime(models, knob=t, costs=calib.costs)
         parts = [run(x[i:i + 64]) for i in range(0, x.shape[0], 64)]  # the batches the outputs were recorded in
         by = np.concatenate([p.answered_by for p in parts])
         np.testing.assert_array_equal(by, sim.answered_by)
@@ -117,14 +118,19 @@ def test_save_load_round_trip(outputs, tmp_path):
     out, _ = outputs
     for router in ("energy", "variance"):
         c = RegressionCascade(router=router, tolerance=0.03, seed=2).fit(out["calib"])
-        d = RegressionCascade.load(c.save(tmp_path / router))
-        assert (d.router, d.tolerance, d.seed, d.threshold_) == (router, 0.03, 2, c.threshold_)
+        c.save(tmp_path / router)
+        d = load_method(tmp_path / router)
+        assert isinstance(d, RegressionCascade)
+        assert (d.router, d.tolerance, d.seed, d.threshold_, d.knob_) == (router, 0.03, 2, c.threshold_, c.threshold_)
+        assert (d.calib_mae_, d.student_share_) == (c.calib_mae_, c.student_share_)
+        np.testing.assert_array_equal(d.calib_curve_.cost, c.calib_curve_.cost)
         np.testing.assert_array_equal(d.simulate(out["test"]).prediction, c.simulate(out["test"]).prediction)
     inf = RegressionCascade().fit(out["calib"])
-    inf.threshold_ = math.inf
-    assert RegressionCascade.load(inf.save(tmp_path / "inf")).threshold_ == math.inf
+    inf.knob_ = inf.threshold_ = math.inf
+    inf.save(tmp_path / "inf")
+    assert RegressionCascade.load(tmp_path / "inf").threshold_ == math.inf
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "cascade.json").write_text("{not json")
+    (tmp_path / "bad" / "method.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         RegressionCascade.load(tmp_path / "bad")
 
@@ -137,6 +143,10 @@ def test_bad_settings_are_refused(outputs, models):
     with pytest.raises(NotFittedError):
         RegressionCascade().simulate(outputs[0]["calib"])
     with pytest.raises(ConfigError, match="simulation"):
-        RegressionCascade(router="random").fit(outputs[0]["calib"]).runtime(*models)
+        RegressionCascade(router="random").fit(outputs[0]["calib"]).runtime(models)
+    with pytest.raises(ConfigError, match="two models"):
+        RegressionCascade().fit(outputs[0]["calib"]).runtime(models[:1])
+    with pytest.raises(ConfigError, match="threshold"):
+        RegressionCascade().fit(outputs[0]["calib"]).simulate(outputs[0]["calib"], "high")
     with pytest.raises(ConfigError, match="hflip"):
         fit_regressor("cnn-s", None, Recipe(epochs=1), log=lambda s: None)  # type: ignore[arg-type]

@@ -57,7 +57,9 @@ class CompareConfig(RunSettings):
         if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):
             raise ConfigError(f"params must map method names to dicts of settings, got {self.params!r}")
         for m in list(self.methods or ()) + list(self.params):
-            METHODS.get(m)
+            if METHODS.get(m).task != "classification":
+                raise ConfigError(f"{m} answers a {METHODS.get(m).task} task, not the classifiers' one that compare "
+                                  f"runs on; run it alone with: dyninfer run {m}")
         number("tolerance", self.tolerance, lo=0, hi=1, hi_open=True, none_ok=True)
         super().__post_init__()
 
@@ -72,7 +74,8 @@ def compare(cfg: CompareConfig, out: str | Path, *, log: Callable[[str], None] =
             command: str | None = None) -> Path:
     """Run every method through the shared pipeline on one dataset and write the comparison report."""
     t0 = time.perf_counter()
-    names = list(cfg.methods or [n for n in METHODS.names() if not METHODS.get(n).experimental])
+    names = list(cfg.methods or [n for n in METHODS.names()
+                                 if not METHODS.get(n).experimental and METHODS.get(n).task == "classification"])
     if not names:
         raise ConfigError("no methods to compare")
     preset = get_preset(cfg.preset)

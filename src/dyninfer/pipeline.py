@@ -41,6 +41,7 @@ from .report.tables import markdown_table
 from .report.writer import Section, provenance, write_report
 from .runtime.cost import (CLOCKS, DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, EnergyMeter, co2_grams,
                            count_flops, interleaved_latency, paired_overhead, torch_threads)
+from .tasks import detection as _detection, regression as _regression  # noqa: F401  (task steps and figures)
 from .trace import Trace
 
 
@@ -385,6 +386,8 @@ def run(cfg: RunConfig, out: str | Path, *, log: Callable[[str], None] = print, 
         except TypeError as e:
             raise ConfigError(f"bad figure settings for {cfg.method}: {e}") from None
     with torch_threads(cfg.threads):
+        if method.task != "classification":  # regression, detection: the task's own data, models and records
+            return _run_task(cfg, method, fig, fig_cfg, out, log=log, command=command, t_start=t_start)
         prep = prepare(cfg.dataset, cfg.preset, kind=method.path_kind, seed=cfg.seed, data_root=cfg.data_root,
                        **method.path_options(),
                        device=cfg.device, progress=cfg.progress, log=log)
@@ -393,28 +396,53 @@ def run(cfg: RunConfig, out: str | Path, *, log: Callable[[str], None] = print, 
         if fig_cfg is not None:
             log(f"[figures] {cfg.method}: the method's own figures")
             sections += fig.make(ev, fig_cfg, log)
-    results = {"provenance": provenance(asdict(cfg), cfg.seed, command), "data": prep.data.meta,
-               "content": prep.data.fingerprint, "preset": prep.preset.name, **ev.results,
-               "figures_config": asdict(fig_cfg) if fig_cfg is not None else None,
-               "seconds_total": time.perf_counter() - t_start}
     op = ev.results["operating_point"]
-    intro = (f"Method `{cfg.method}` on {prep.data.meta['dataset']} (train {prep.data.meta['train']}, calibration "
-             f"{prep.data.meta['calib']}, test {prep.data.meta['test']} images; content {prep.data.fingerprint}), preset "
-             f"`{prep.preset.name}`, seed {cfg.seed}. Everything is fitted on the calibration split and reported on the "
-             f"test split.\n\nCommand: `{results['provenance']['command']}` · commit "
-             f"{results['provenance']['git_commit']} · {results['provenance']['versions']['torch']} torch · "
-             f"{results['seconds_total']:.0f} s.")
-    folder = write_report(out, title=f"{cfg.method} — {prep.data.spec.name}, preset {prep.preset.name}", sections=sections,
-                          results=results, intro=intro,
-                          extras=[lambda tmp: save_policy(tmp / "policy", ev.method, prep.paths,
-                                                          class_names=prep.data.spec.class_names,
-                                                          extra={"dataset": prep.data.meta,
-                                                                 "content": prep.data.fingerprint})])
+    folder = _write(cfg, out, title=f"{cfg.method} — {prep.data.spec.name}, preset {prep.preset.name}",
+                    data_meta=prep.data.meta, content=prep.data.fingerprint, preset=prep.preset.name,
+                    results=ev.results, sections=sections, fig_cfg=fig_cfg, command=command, t_start=t_start,
+                    policy=lambda tmp: save_policy(tmp / "policy", ev.method, prep.paths,
+                                                   class_names=prep.data.spec.class_names,
+                                                   extra={"dataset": prep.data.meta, "content": prep.data.fingerprint}))
     log(f"[done] {cfg.method}: test accuracy {100 * op['test_accuracy']:.2f}% (reference "
         f"{100 * op['reference_test_accuracy']:.2f}%), {op['flops_saving']:.2f}x fewer FLOPs, "
         f"{ev.results['timing']['throughput_ratio_vs_plain']:.2f}x throughput at batch {cfg.serving_batch}; "
         f"report {folder}/report.md ({time.perf_counter() - t_start:.0f} s)")
     return folder
+
+
+def _run_task(cfg: RunConfig, method: Method, fig, fig_cfg, out, *, log, command, t_start) -> Path:
+    """:func:`run` for a method whose answer is not a class (:mod:`dyninfer.tasks`)."""
+    from .tasks import run_task
+
+    ev = run_task(method.task, cfg, method, log)
+    sections = list(ev.sections)
+    if fig_cfg is not None:
+        log(f"[figures] {cfg.method}: the method's own figures")
+        sections += fig.make(ev, fig_cfg, log)
+    folder = _write(cfg, out, title=ev.meta["title"], data_meta=ev.meta["data"], content=ev.meta["content"],
+                    preset=ev.meta["preset"], results=jsonable(ev.results), sections=sections, fig_cfg=fig_cfg,
+                    command=command, t_start=t_start, policy=lambda tmp: save_policy(tmp / "policy", ev.method, ev.paths,
+                                                                    extra={"task": method.task,
+                                                                           "dataset": ev.meta["data"],
+                                                                           "content": ev.meta["content"]}))
+    log(f"[done] {cfg.method}: {ev.summary}; report {folder}/report.md ({time.perf_counter() - t_start:.0f} s)")
+    return folder
+
+
+def _write(cfg: RunConfig, out, *, title: str, data_meta: dict, content: str, preset: str, results: dict,
+           sections: list, fig_cfg, command, t_start: float, policy: Callable[[Path], Any]) -> Path:
+    """The run folder of any method: ``results.json`` with provenance, ``report.md`` and plots, ``policy/``."""
+    results = {"provenance": provenance(asdict(cfg), cfg.seed, command), "data": data_meta, "content": content,
+               "preset": preset, **results, "figures_config": asdict(fig_cfg) if fig_cfg is not None else None,
+               "seconds_total": time.perf_counter() - t_start}
+    intro = (f"Method `{cfg.method}` on {data_meta['dataset']} (train {data_meta['train']}, calibration "
+             f"{data_meta['calib']}, test {data_meta['test']} images; content {content}"
+             + (f"; task: {data_meta['task']}" if "task" in data_meta else "") + f"), preset "
+             f"`{preset}`, seed {cfg.seed}. Everything is fitted on the calibration split and reported on the "
+             f"test split.\n\nCommand: `{results['provenance']['command']}` · commit "
+             f"{results['provenance']['git_commit']} · {results['provenance']['versions']['torch']} torch · "
+             f"{results['seconds_total']:.0f} s.")
+    return write_report(out, title=title, sections=sections, results=results, intro=intro, extras=[policy])
 
 
 __all__ = ["Evaluation", "RunConfig", "RunSettings", "evaluate", "load_data", "run", "shared_sections"]

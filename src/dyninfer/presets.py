@@ -24,7 +24,10 @@ from .errors import ConfigError
 from .registry import Registry
 from .train.recipe import Recipe
 from .models.adapta import PATH_SETS
+from .data.canvas import CanvasConfig
 from .train.bigsmall import CoTraining
+from .train.detection import DetectionTask, DetRecipe
+from .train.regression import RegressionTask
 from .train.slimmable import SlimmableTraining
 
 PRESETS: Registry["Preset"] = Registry("preset")
@@ -52,6 +55,8 @@ class Preset:
             distillation, one dimension searched, one loss term removed); None: ``bigsmall_training``. With a
             smaller budget the report also trains the full recipe at that budget as the arms' reference.
         bigsmall_baselines: static torchvision networks trained for the big/little report, name -> recipe.
+        regression: the rotation-angle task and its two regressors (``cascade-regression``).
+        detection: the canvas detection task and its two detectors (``cascade-detection``).
         train_limit: training samples kept (None: the whole training split).
         calib_size: calibration samples cut from the official training part.
         test_limit: test samples kept (None: all).
@@ -76,6 +81,8 @@ class Preset:
     bigsmall_training: CoTraining = field(default_factory=CoTraining)
     bigsmall_ablation: CoTraining | None = None
     bigsmall_baselines: dict[str, Recipe] = field(default_factory=dict)
+    regression: RegressionTask = field(default_factory=RegressionTask)
+    detection: DetectionTask = field(default_factory=DetectionTask)
     train_limit: int | None = None
     calib_size: int = 10000
     test_limit: int | None = None
@@ -142,6 +149,12 @@ PRESETS.register("quick", Preset(
     bigsmall_training=CoTraining(epochs=2, train_images=5000, eval_images=1000),
     bigsmall_ablation=CoTraining(epochs=1, train_images=1500, eval_images=500, random_subnets=1),
     bigsmall_baselines={n: Recipe(epochs=2) for n in _TV_BASELINES},
+    # EBJR regression and detection: small tasks of a few minutes each (measured figures in the README)
+    regression=RegressionTask(student_recipe=Recipe(epochs=3, hflip=False), teacher_recipe=Recipe(epochs=1, hflip=False),
+                              train_images=5000, timing_images=1024),
+    detection=DetectionTask(canvas=CanvasConfig(train=1000, calib=200, test=200),
+                            teacher=dict(width=16, depth=1, head=32, head_convs=2),
+                            student_recipe=DetRecipe(epochs=3), teacher_recipe=DetRecipe(epochs=3), curve_grid=6),
     train_limit=20000, calib_size=5000, cost_rounds=3, latency_repeats=10, latency_min_s=0.1, runtime_rounds=3,
     timing_samples=2560, batch1_samples=100,
 ))
@@ -182,6 +195,14 @@ PRESETS.register("tiny", Preset(
     bigsmall_training=CoTraining(phases=("full",), epochs=6, batch_size=64, random_subnets=0, eval_images=300,
                                  bn_images=512),
     bigsmall_baselines={n: Recipe(epochs=3, batch_size=64, hflip=False, shift=1) for n in _TV_BASELINES[:2]},
+    regression=RegressionTask(student_recipe=Recipe(epochs=6, batch_size=64, hflip=False, shift=1),
+                              teacher_recipe=Recipe(epochs=6, batch_size=64, hflip=False, shift=1), max_angle=45.0,
+                              batch=64, timing_images=128),
+    detection=DetectionTask(canvas=CanvasConfig(train=48, calib=24, test=24, p_empty=0.2),
+                            student=dict(width=4, depth=0, head=8, head_convs=0),
+                            teacher=dict(width=8, depth=1, head=16, head_convs=1),
+                            student_recipe=DetRecipe(epochs=3, batch_size=16),
+                            teacher_recipe=DetRecipe(epochs=3, batch_size=16), curve_grid=4, batch=16),
     train_limit=None, calib_size=300, cost_rounds=1, latency_repeats=3, latency_min_s=0.0, runtime_rounds=1,
     timing_samples=256, batch1_samples=10,
 ))

@@ -206,6 +206,10 @@ def export_policy(policy: Policy | str | os.PathLike, out: str | os.PathLike, *,
         policy = load_policy(policy)
     say = log or (lambda s: None)
     method, paths = policy.method, policy.paths
+    if method.task != "classification":
+        raise ConfigError(f"ONNX export covers classifier policies; this one ({method.name}) answers a {method.task} "
+                          f"task. Its two models are plain modules in DIR/policy/paths: export them with "
+                          f"torch.onnx.export if needed")
     paths.to("cpu")
     rt = method.runtime(paths, device="cpu")
     shape = tuple(rt.input_shape or paths.input_shape or ())

@@ -50,9 +50,13 @@ class Method:
         knob_direction: +1 if a larger knob costs more (thresholds), -1 if it costs less (a cost bias).
         experimental: True while a family lacks its report or presets; ``dyninfer compare`` then runs it only
             when named (``--methods``).
+        task: what an answer is: ``classification`` (traces of logits; every family above) or another task whose
+            steps :mod:`dyninfer.tasks` holds (``regression``, ``detection``: the method takes that task's record of
+            its models' outputs where a classifier takes a trace).
     """
 
     name: ClassVar[str] = ""
+    task: ClassVar[str] = "classification"
     path_kind: ClassVar[str] = "pool"
     experimental: ClassVar[bool] = False
     knob_direction: ClassVar[int] = 1

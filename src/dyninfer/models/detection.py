@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from ..check import number
 from ..errors import ConfigError, InputError
-from .registry import Normalize
+from ..data.datasets import DataSpec
+from .registry import Normalize, create_model, register_backbone
 
 
 @dataclass(frozen=True)
@@ -252,10 +253,17 @@ class Detector(nn.Module):
 
 
 def build_detector(cfg: DetectorConfig) -> Detector:
-    """A :class:`Detector` that records how it was built (``dyninfer_arch``, checked when loading checkpoints)."""
-    model = Detector(cfg)
-    model.dyninfer_arch = {"name": "detector", "kwargs": cfg.to_dict(), "spec": {}}
-    return model
+    """A :class:`Detector` that records how it was built (``dyninfer_arch``), so the shared checkpoint loader
+    (:func:`~dyninfer.train.checkpoint.load_checkpoint`, and with it a saved policy) rebuilds it."""
+    spec = DataSpec(name="canvas", num_classes=cfg.num_classes, in_channels=1, image_size=(cfg.image_size,) * 2,
+                    mean=(cfg.mean,), std=(cfg.std,))
+    return create_model("detector", spec, **cfg.to_dict())
+
+
+@register_backbone("detector")
+def _detector(spec: DataSpec, **kwargs) -> Detector:
+    """The registered builder behind :func:`build_detector` (``kwargs``: a :class:`DetectorConfig`'s fields)."""
+    return Detector(DetectorConfig(**kwargs))
 
 
 @torch.no_grad()

@@ -431,6 +431,9 @@ class PolicyService:
     """
 
     def __init__(self, policy, config: ServeConfig | None = None) -> None:
+        if policy.method.task != "classification":
+            raise ConfigError(f"the service answers classifier policies; this one ({policy.method.name}) answers a "
+                              f"{policy.method.task} task: run it in Python with dyninfer.load_policy(DIR).runtime()")
         self.policy = policy
         self.config = config or ServeConfig()
         self.method = policy.method

@@ -11,7 +11,7 @@ normalised by the number of positives. Augmentation: horizontal flips.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..check import number
-from ..data.canvas import CanvasData, CanvasSplit
+from ..data.canvas import CanvasConfig, CanvasData, CanvasSplit
 from ..errors import CheckpointError
 from ..io import cache_dir, versions
 from ..models.detection import STRIDE, Detector, DetectorConfig, build_detector
@@ -50,6 +50,39 @@ class DetRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DetectionTask:
+    """The canvas detection task of a preset and its two detectors (what ``dyninfer run cascade-detection`` trains).
+
+    Attributes:
+        canvas: how the canvases are made (their items come from the run's dataset).
+        student, teacher: :class:`~dyninfer.models.detection.DetectorConfig` fields of the two detectors (the class
+            count, image size and normalisation come from the canvases).
+        student_recipe, teacher_recipe: their training.
+        curve_grid: score quantiles of the test curves in the report (the calibration sweep's are the method's
+            ``grid``).
+        batch: images per runtime batch (recording, timing, agreement).
+    """
+
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    student: dict = field(default_factory=lambda: dict(width=8, depth=1, head=24, head_convs=1))
+    teacher: dict = field(default_factory=lambda: dict(width=24, depth=2, head=64, head_convs=2))
+    student_recipe: DetRecipe = field(default_factory=lambda: DetRecipe(epochs=16))
+    teacher_recipe: DetRecipe = field(default_factory=lambda: DetRecipe(epochs=8))
+    curve_grid: int = 8
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        number("curve_grid", self.curve_grid, lo=2, integer=True)
+        number("batch", self.batch, lo=1, integer=True)
+
+    def detector(self, role: str, data: CanvasData) -> DetectorConfig:
+        """The :class:`DetectorConfig` of ``role`` (``student`` or ``teacher``) for ``data``'s canvases."""
+        return DetectorConfig(**getattr(self, role), num_classes=data.spec.num_classes,
+                              image_size=data.spec.image_size[0], mean=float(data.spec.mean[0]),
+                              std=float(data.spec.std[0]))
 
 
 def assign(model: Detector, boxes: list[torch.Tensor], labels: list[torch.Tensor], radius: float

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,39 @@ from .recipe import Recipe
 from .trainer import augment_batch, model_device
 
 MODEL = "energy-regressor"
+
+
+@dataclass(frozen=True)
+class RegressionTask:
+    """The rotation-angle task of a preset and its two regressors (what ``dyninfer run cascade-regression`` trains).
+
+    Attributes:
+        student, teacher: registered CNN backbones of the two energy regressors, cheapest first.
+        student_recipe, teacher_recipe: their training (no horizontal flips: a flip changes the angle's sign).
+        max_angle: angles uniform in [-max_angle, max_angle] degrees.
+        samples: M, importance samples of -F per image (counted in the FLOPs).
+        train_images: training images used (None: the preset's whole training split).
+        batch: batch of the recorded outputs, of the timed runtime and of the agreement check.
+        timing_images: test images timed.
+    """
+
+    student: str = "cnn-s"
+    teacher: str = "cnn-m"
+    student_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=6, hflip=False))
+    teacher_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=2, hflip=False))
+    max_angle: float = DEFAULT_MAX_ANGLE
+    samples: int = 64
+    train_images: int | None = None
+    batch: int = 256
+    timing_images: int = 2560
+
+    def __post_init__(self) -> None:
+        number("max_angle", self.max_angle, lo=0, hi=180, lo_open=True)
+        for k in ("samples", "batch", "timing_images"):
+            number(k, getattr(self, k), lo=1, integer=True)
+        number("train_images", self.train_images, lo=1, integer=True, none_ok=True)
+        check_recipe(self.student_recipe)
+        check_recipe(self.teacher_recipe)
 
 
 def regression_loss(model: EnergyRegressor, x: torch.Tensor, y: torch.Tensor, *, samples: int,
@@ -175,4 +209,4 @@ def fit_regressor(base: str, data: Dataset, recipe: Recipe, *, max_angle: float 
     return model, {**meta, "checkpoint": str(path)}  # type: ignore[return-value]
 
 
-__all__ = ["check_recipe", "fit_regressor", "mae", "predict_outputs", "regression_loss", "train_regressor"]
+__all__ = ["RegressionTask", "check_recipe", "fit_regressor", "mae", "predict_outputs", "regression_loss", "train_regressor"]

@@ -12,14 +12,14 @@ Routers: ``energy`` (-F^o of :mod:`dyninfer.models.detection`), ``confidence`` (
 the baseline), ``count`` (fewer confident boxes keep: a crowded image is a hard one; equal counts are ordered by
 -F^o) and ``random`` (a seeded uniform score per image, in image order: the same draw for a split in
 :meth:`simulate` and for a batch holding that split in the runtime).
+
+:class:`DetectionCascade` is registered as ``cascade-detection``; ``dyninfer run cascade-detection`` runs it end to
+end (:mod:`dyninfer.tasks.detection`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,13 +28,12 @@ from ...check import choice, number
 from ...errors import ConfigError, TraceError
 from ...evaluate.frontier import Curve
 from ...evaluate.simulate import sweep_routed
-from ...io import write_json
+from ..base import register_method
 from .routed import RoutedCascade
 from ...models.detection import DetectionOutput, Detector, record_detections
 
 ROUTER_NAMES = ("energy", "confidence", "count", "random")
 COUNT_STEP = 1000.0  # -B * COUNT_STEP + (-F^o): the count decides, -F^o (|-F^o| << COUNT_STEP) breaks ties
-FILE = "detection-cascade.json"
 
 
 def mean_average_precision(preds: list[dict], targets: list[dict], *, backend: str = "pycocotools") -> dict[str, float]:
@@ -155,6 +154,11 @@ class DetectionRuntime:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> RoutedDetections:
+        if torch.is_tensor(images) and images.ndim == 4 and images.shape[0] == 0:  # nothing to detect
+            return RoutedDetections([], torch.zeros(0, dtype=torch.bool), torch.zeros(0))
+        from ...runtime.validate import check_batch
+
+        images = check_batch(images, None, where="detection cascade")
         out = self.student.detect(images, **self.decode_kwargs)
         score = torch.from_numpy(router_score(self.router, out, self.seed))
         keep = score >= torch.tensor(self.threshold)
@@ -167,6 +171,7 @@ class DetectionRuntime:
         return RoutedDetections(dets, keep, score)
 
 
+@register_method("cascade-detection")
 class DetectionCascade(RoutedCascade):
     """Two-stage detection cascade with an energy, confidence, count or random router (EBJR eq. 14).
 
@@ -177,7 +182,15 @@ class DetectionCascade(RoutedCascade):
         seed: seed of the ``random`` router.
         grid: score quantiles the sweep evaluates (plus keep-all and keep-none).
         backend: torchmetrics' COCO backend (``pycocotools`` or ``faster_coco_eval``).
+
+    Attributes (after :meth:`fit`):
+        threshold_ (= knob_): the student keeps an image when its score >= threshold_ (float32 comparison).
+        calib_curve_: the calibration sweep (``accuracy`` is the mAP).
+        teacher_calib_map_, calib_map_, calib_share_forwarded_, calib_mean_flops_: calibration figures.
     """
+
+    task = "detection"
+    calib_fields = ("teacher_calib_map_", "calib_map_", "calib_share_forwarded_", "calib_mean_flops_")
 
     def __init__(self, *, router: str = "energy", tolerance: float = 0.03, seed: int = 0, grid: int = 20,
                  backend: str = "pycocotools") -> None:
@@ -211,11 +224,8 @@ class DetectionCascade(RoutedCascade):
         i = cv.cheapest_at(teacher * (1 - self.tolerance))
         if i is None:  # keep-none is the teacher itself, so this cannot happen unless the metric is broken
             raise TraceError("no threshold reaches the target on calibration images, not even the teacher alone")
-        self.threshold_ = float(cv.settings[i, 0])
-        self.teacher_calib_map_ = float(teacher)
-        self.calib_map_ = float(cv.accuracy[i])
-        self.calib_share_forwarded_ = float(cv.extra["reach"][i, 1])
-        self.calib_mean_flops_ = float(cv.cost[i])
+        self._fitted(cv, i, teacher_calib_map_=teacher, calib_map_=float(cv.accuracy[i]),
+                     calib_share_forwarded_=float(cv.extra["reach"][i, 1]), calib_mean_flops_=float(cv.cost[i]))
         return self
 
     def simulate(self, record: DetectionRecord, knob: float | None = None) -> DetectionOutcome:
@@ -229,36 +239,14 @@ class DetectionCascade(RoutedCascade):
 
     # ------------------------------------------------------------------------------------ runtime
 
-    def runtime(self, student: Detector, teacher: Detector, knob: float | None = None, **decode_kwargs) -> DetectionRuntime:
-        """A callable on a batch of images (N, 1, S, S) -> :class:`RoutedDetections`, at ``knob`` (default: fitted)."""
-        return DetectionRuntime(student, teacher, threshold=self._threshold(knob), router=self.router, seed=self.seed,
+    def runtime(self, paths, *, device=None, knob: float | None = None, **decode_kwargs) -> DetectionRuntime:
+        """A callable on a batch of images (N, 1, S, S) -> :class:`RoutedDetections`, at ``knob`` (default: fitted).
+
+        ``paths``: the student and the teacher detector (a two-path :class:`~dyninfer.paths.ModulePool`, cheapest
+        first, or a ``(student, teacher)`` pair); ``device``: where they run (default: where they are)."""
+        threshold = self._threshold(knob)
+        student, teacher = self.pair(paths)
+        if device is not None:
+            student, teacher = student.to(device), teacher.to(device)
+        return DetectionRuntime(student, teacher, threshold=threshold, router=self.router, seed=self.seed,
                                 decode_kwargs=decode_kwargs)
-
-    # ------------------------------------------------------------------------------------ persistence
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write settings and fitted state to ``folder/detection-cascade.json``."""
-        t = self._threshold(None)
-        state = {"format": "dyninfer-detection-cascade-1",
-                 "settings": {"router": self.router, "tolerance": self.tolerance, "seed": self.seed,
-                              "grid": self.grid, "backend": self.backend},
-                 "fitted": {"threshold_": t if np.isfinite(t) else ("inf" if t > 0 else "-inf"),
-                            **{k: getattr(self, k) for k in ("teacher_calib_map_", "calib_map_",
-                                                            "calib_share_forwarded_", "calib_mean_flops_")
-                               if hasattr(self, k)}}}
-        path = Path(folder) / FILE
-        write_json(path, state)
-        return path
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "DetectionCascade":
-        path = Path(folder) / FILE
-        try:
-            state = json.loads(path.read_text())
-            obj = cls(**state["settings"])
-            for k, v in state["fitted"].items():
-                setattr(obj, k, float(v))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TraceError(f"cannot load a detection cascade from {path} ({type(e).__name__}: {e}); "
-                             f"fit and save it again") from e
-        return obj

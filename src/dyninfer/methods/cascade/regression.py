@@ -9,18 +9,16 @@ pays both models. Routers (scores on the student's output, higher = keep):
 * ``random``: a seeded uniform draw per sample (simulation only: the floor any router must beat).
 
 :class:`RegressionOutputs` holds what both models output on a split (recorded once); :class:`RegressionCascade`
-fits its threshold on calibration outputs, simulates any threshold on recorded outputs (through the shared
-:func:`~dyninfer.evaluate.simulate.sweep_routed`), and runs for real on batches (:meth:`RegressionCascade.runtime`),
-where the student's scores are compared with the threshold in float32 exactly as in the simulation.
+(registered as ``cascade-regression``) fits its threshold on calibration outputs, simulates any threshold on recorded
+outputs (through the shared :func:`~dyninfer.evaluate.simulate.sweep_routed`), and runs for real on batches
+(:meth:`RegressionCascade.runtime`), where the student's scores are compared with the threshold in float32 exactly
+as in the simulation. ``dyninfer run cascade-regression`` runs it end to end (:mod:`dyninfer.tasks.regression`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,13 +28,12 @@ from torch import nn
 from ...check import choice, number
 from ...data.datasets import Split
 from ...data.rotated import check_targets
-from ...errors import CheckpointError, ConfigError, InputError
+from ...errors import ConfigError
 from ...evaluate.frontier import Curve
 from ...evaluate.simulate import sweep_routed
-from ...io import write_json
+from ..base import register_method
 from .routed import RoutedCascade
 
-FORMAT = "dyninfer-regression-cascade-1"
 PREDICTION, ENERGY, LOGVAR = 0, 1, 2  # columns of a regressor's (N, 3) output
 
 # router name -> score of the student's (N, 3) output (numpy or torch alike); "random" has no score function
@@ -151,6 +148,7 @@ class RegressionOutcome:
         return float((self.answered_by == 0).mean())
 
 
+@register_method("cascade-regression")
 class RegressionCascade(RoutedCascade):
     """A student and a teacher regressor with a router on the student's output.
 
@@ -161,9 +159,13 @@ class RegressionCascade(RoutedCascade):
         seed: seed of the ``random`` router's draws.
 
     Attributes (after :meth:`fit`):
-        threshold_: the student keeps a sample when its score >= threshold_ (float32 comparison).
+        threshold_ (= knob_): the student keeps a sample when its score >= threshold_ (float32 comparison).
+        calib_curve_: the calibration sweep (``accuracy`` is minus the MAE).
         calib_mae_, teacher_calib_mae_, calib_flops_, student_share_: the calibration figures at threshold_.
     """
+
+    task = "regression"
+    calib_fields = ("calib_mae_", "teacher_calib_mae_", "calib_flops_", "student_share_")
 
     def __init__(self, *, router: str = "energy", tolerance: float = 0.01, seed: int = 0) -> None:
         choice("router", router, ROUTERS)
@@ -190,11 +192,8 @@ class RegressionCascade(RoutedCascade):
         i = c.cheapest_at(-teacher * (1 + self.tolerance))
         if i is None:  # unreachable: the forward-all point meets it
             raise ConfigError("no threshold reaches the teacher's calibration MAE")
-        self.threshold_ = float(c.settings[i, 0])
-        self.calib_mae_ = -float(c.accuracy[i])
-        self.teacher_calib_mae_ = teacher
-        self.calib_flops_ = float(c.cost[i])
-        self.student_share_ = 1.0 - float(c.extra["reach"][i, 1])
+        self._fitted(c, i, calib_mae_=-float(c.accuracy[i]), teacher_calib_mae_=teacher, calib_flops_=float(c.cost[i]),
+                     student_share_=1.0 - float(c.extra["reach"][i, 1]))
         return self
 
     def simulate(self, outputs: RegressionOutputs, knob: float | None = None) -> RegressionOutcome:
@@ -205,58 +204,28 @@ class RegressionCascade(RoutedCascade):
         by = (~keep).astype(np.int64)
         return RegressionOutcome(pred, by, outputs.costs[0] + by * outputs.costs[1], outputs.targets)
 
-    def runtime(self, student: nn.Module, teacher: nn.Module, *, knob: float | None = None,
+    def runtime(self, paths, *, device=None, knob: float | None = None,
                 costs: tuple[float, float] | None = None) -> "RegressionRuntime":
         """A callable that runs the cascade on a batch: the student on all of it, the teacher on what it forwards.
+
+        Args:
+            paths: the student and the teacher (a two-path :class:`~dyninfer.paths.ModulePool`, cheapest first, or a
+                ``(student, teacher)`` pair).
+            device: where the models run (default: where they are).
+            knob: threshold (default: the fitted one).
+            costs: FLOPs per sample of both (default: counted on the first batch).
 
         Raises:
             ConfigError: the ``random`` router (its draws belong to recorded outputs, not to images).
         """
+        threshold = self._threshold(knob)
         if self.router not in SCORES:
             raise ConfigError(f"router {self.router!r} has no score on a model's output and only runs in simulation; "
                               f"use one of {sorted(SCORES)} for a runtime")
-        return RegressionRuntime(student, teacher, threshold=self._threshold(knob), score=SCORES[self.router],
-                                 costs=costs)
-
-    # ------------------------------------------------------------------ storage
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write settings and fitted state to ``folder/cascade.json`` (atomically)."""
-        folder = Path(folder)
-        state = {"format": FORMAT, "router": self.router, "tolerance": self.tolerance, "seed": self.seed}
-        if hasattr(self, "threshold_"):
-            state["fitted"] = {"threshold_": _enc(self.threshold_), "calib_mae_": self.calib_mae_,
-                               "teacher_calib_mae_": self.teacher_calib_mae_, "calib_flops_": self.calib_flops_,
-                               "student_share_": self.student_share_}
-        write_json(folder / "cascade.json", state)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "RegressionCascade":
-        """Read a cascade written by :meth:`save`.
-
-        Raises:
-            CheckpointError: missing, corrupt, or not a regression cascade.
-        """
-        path = Path(folder) / "cascade.json"
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"no regression cascade at {folder} ({path.name} missing); save it again") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is corrupt ({e}); save the cascade again") from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a regression cascade (format {FORMAT!r}); save it again")
-        try:
-            out = cls(router=state["router"], tolerance=state["tolerance"], seed=state["seed"])
-            fitted = state.get("fitted")
-            if fitted is not None:
-                out.threshold_ = _dec(fitted["threshold_"])
-                for k in ("calib_mae_", "teacher_calib_mae_", "calib_flops_", "student_share_"):
-                    setattr(out, k, float(fitted[k]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path} is incomplete or has a bad value ({type(e).__name__}: {e}); "
-                                  f"save the cascade again") from None
-        return out
+        student, teacher = self.pair(paths)
+        if device is not None:
+            student, teacher = student.to(device), teacher.to(device)
+        return RegressionRuntime(student, teacher, threshold=threshold, score=SCORES[self.router], costs=costs)
 
 
 class RegressionRuntime:
@@ -278,9 +247,11 @@ class RegressionRuntime:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> RegressionOutcome:
-        if not torch.is_tensor(x) or x.ndim != 4:
-            raise InputError(f"a regression cascade takes images (N, C, H, W), got "
-                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        from ...runtime.validate import check_batch
+
+        x = check_batch(x, None, where="regression cascade")
+        dev = next(self.student.parameters()).device
+        x = x.to(dev)
         if self.costs is None:
             self.costs = count_costs(self.student, self.teacher, tuple(x.shape[1:]))
         out = self.student(x)  # (N, 3)
@@ -291,19 +262,6 @@ class RegressionRuntime:
             pred[fwd] = self.teacher(x[fwd])[:, PREDICTION].to(pred.dtype)
         by = (~keep).long().cpu().numpy()
         return RegressionOutcome(pred.float().cpu().numpy(), by, self.costs[0] + by * self.costs[1])
-
-
-def _enc(v: float) -> float | str:
-    """A threshold as standard JSON (infinite ones as strings)."""
-    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-
-
-def _dec(v: float | str) -> float:
-    if isinstance(v, str) and v in ("inf", "-inf"):
-        return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"threshold_ must be a number, got {v!r}")
-    return float(v)
 
 
 __all__ = ["ROUTERS", "RegressionCascade", "RegressionOutcome", "RegressionOutputs", "RegressionRuntime",
