@@ -31,7 +31,9 @@ def _list_run(args: argparse.Namespace) -> int:
         if kind == "methods" and args.kind == "methods":
             for name in reg.names(args.pattern):
                 cls = reg.get(name)
-                print(f"{name}: {cls.__name__} on a {cls.path_kind} path set; settings: {', '.join(cls.param_names())}")
+                task = "" if cls.task == "classification" else f" ({cls.task}: student and teacher)"
+                print(f"{name}: {cls.__name__} on a {cls.path_kind} path set{task}; settings: "
+                      f"{', '.join(cls.param_names())}")
         else:
             print(f"{kind}: {', '.join(reg.names(args.pattern))}")
     return 0
