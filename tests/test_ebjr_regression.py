@@ -90,8 +90,11 @@ def test_fitted_threshold_meets_the_tolerance_on_calibration(outputs):
     calib = out["calib"]
     for router in ("energy", "variance", "random"):
         c = RegressionCascade(router=router, tolerance=0.02).fit(calib)
-        o = c.simulate(calib)
+        o = c.simulate(calib, c.knob_)  # the routed cascade at the chosen threshold
         assert o.mae <= calib.mae("teacher") * 1.02 + 1e-6
+        assert c.teacher_alone_ == (c.calib_flops_ >= calib.costs[1])
+        if c.teacher_alone_:  # not cheaper than the teacher: the fitted policy runs the teacher alone
+            assert c.simulate(calib).mean_flops == pytest.approx(calib.costs[1])
         assert o.mae == pytest.approx(c.calib_mae_, rel=1e-6)
         assert o.mean_flops == pytest.approx(c.calib_flops_, rel=1e-9)
         curve = c.curve(calib)  # no cheaper point on the curve meets the target

@@ -192,3 +192,27 @@ def test_serving_and_onnx_export_refuse_a_task_policy_with_what_to_do(task_run, 
     with pytest.raises(ConfigError, match="torch.onnx.export"):
         export_policy(folder, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_fitted_point_not_cheaper_than_the_teacher_runs_the_teacher_alone(task_run):
+    name, _, _, policy, (calib, test, x) = task_run
+    method = copy.deepcopy(policy.method)
+    method.teacher_alone_ = True
+    sim = method.simulate(test)
+    rt = method.runtime(policy.paths)
+    teacher = policy.paths.models["teacher"]
+    if name == "cascade-regression":
+        assert (sim.answered_by == 1).all() and sim.mean_flops == pytest.approx(test.costs[1])
+        np.testing.assert_array_equal(sim.prediction, test.teacher[:, 0])
+        out = rt(x[:32])
+        assert (out.answered_by == 1).all() and out.flops == pytest.approx(np.full(32, test.costs[1]))
+        np.testing.assert_allclose(out.prediction, teacher(x[:32])[:, 0].detach().numpy(), atol=1e-5)
+    else:
+        assert not sim.keep.any() and sim.mean_flops == pytest.approx(test.flops[1])
+        out = rt(x[:8])
+        assert not out.keep.any()
+        want = teacher.detect(x[:8], energy=False).detections
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(out.detections, want))
+    # an explicit knob runs the routed cascade: the student runs on every input
+    assert method.simulate(test, method.knob_).mean_flops >= (test.costs[0] if name == "cascade-regression"
+                                                              else test.flops[0]) - 1e-6

@@ -92,7 +92,7 @@ def evaluate_detection(cfg, method: DetectionCascade, log=print) -> TaskEvaluati
           "calib_map": method.calib_map_, "calib_teacher_map": method.teacher_calib_map_,
           "calib_share_forwarded": method.calib_share_forwarded_, "test_map": out.map, "test_map_50": out.map_50,
           "test_teacher_map": t_map["map"], "test_student_map": s_map["map"], "share_of_teacher_map": pct,
-          "test_share_forwarded": out.share_forwarded, "test_mean_flops": out.mean_flops, "teacher_flops": ft,
+          "test_share_forwarded": out.share_forwarded, "teacher_alone": method.teacher_alone_, "test_mean_flops": out.mean_flops, "teacher_flops": ft,
           "student_flops": fs, "flops_saving": ft / out.mean_flops, "speedup_measured": tm["speedup"],
           "held_on_test": bool(out.map >= t_map["map"] * (1 - method.tolerance) - 1e-12),
           "target": {"share_of_teacher_map": TARGET_MAP, "speedup": TARGET_SPEEDUP,
@@ -162,6 +162,9 @@ def _sections(ev: TaskEvaluation) -> list[Section]:
                                     f"{v.get('train_seconds') or float('nan'):.0f}",
                                     f"{100 * ev.extra['maps'][k]['map']:.2f}"]
                                    for k, v in r["models"].items()]) + "\n")
+    if op["teacher_alone"]:
+        head += ("- The chosen point costs no fewer FLOPs on calibration than the teacher alone, so the fitted policy "
+                 "runs the teacher alone and the student does not run (as every method falls back to its reference).\n")
     return [Section("operating_point", "Operating point", head, {}),
             Section("models", "Canvases and detectors", models_md, {}),
             Section("runtime", "Runtime", rt_md, {})]

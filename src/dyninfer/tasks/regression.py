@@ -80,7 +80,7 @@ def evaluate_regression(cfg, method: RegressionCascade, log=print) -> TaskEvalua
           "calib_mean_flops": method.calib_flops_, "test_mae": out.mae, "test_teacher_mae": t_mae,
           "test_student_mae": test.mae("student"), "test_mean_flops": out.mean_flops, "teacher_flops": ct,
           "student_flops": cs, "test_student_share": out.student_share, "flops_saving": saving,
-          "test_mae_vs_teacher_pct": 100 * (out.mae / t_mae - 1),
+          "test_mae_vs_teacher_pct": 100 * (out.mae / t_mae - 1), "teacher_alone": method.teacher_alone_,
           "held_on_test": bool(out.mae <= t_mae * (1 + method.tolerance) + 1e-12),
           "target": {"flops_saving": TARGET_SAVING, "met": bool(saving >= TARGET_SAVING)}}
     log(f"[fit] cascade-regression ({method.router}): threshold {method.threshold_:.4g}; test MAE {out.mae:.3f} deg "
@@ -159,6 +159,9 @@ def _sections(ev: TaskEvaluation) -> list[Section]:
     plot = {"mae_flops.png": lambda p: mae_plot(p, curves=curves, points=pts,
                                                 target=op["test_teacher_mae"] * (1 + op["tolerance"]),
                                                 title=ev.meta["title"])}
+    if op["teacher_alone"]:
+        head += ("- The chosen point costs no fewer FLOPs on calibration than the teacher alone, so the fitted policy "
+                 "runs the teacher alone and the student does not run (as every method falls back to its reference).\n")
     return [Section("operating_point", "Operating point", head, {}),
             Section("models", "Models", f"Energy-based regressors (M = {task.samples} importance samples of -F per "
                     f"image, counted in the FLOPs), trained on {len(ev.data.train)} images with fresh angles each "

@@ -147,8 +147,9 @@ class DetectionRuntime:
     """Executes the policy on a batch: the student on every image, the teacher only on the forwarded ones."""
 
     def __init__(self, student: Detector, teacher: Detector, *, threshold: float, router: str, seed: int,
-                 decode_kwargs: dict) -> None:
+                 decode_kwargs: dict, teacher_alone: bool = False) -> None:
         self.student, self.teacher = student.eval(), teacher.eval()
+        self.teacher_alone = bool(teacher_alone)  # the teacher answers every image; the student does not run
         self.threshold = np.float32(threshold)
         self.router, self.seed, self.decode_kwargs = router, seed, dict(decode_kwargs)
 
@@ -159,6 +160,10 @@ class DetectionRuntime:
         from ...runtime.validate import check_batch
 
         images = check_batch(images, None, where="detection cascade")
+        if self.teacher_alone:
+            n = images.shape[0]
+            dets = self.teacher.detect(images, energy=False, **self.decode_kwargs).detections
+            return RoutedDetections(list(dets), torch.zeros(n, dtype=torch.bool), torch.full((n,), float("nan")))
         out = self.student.detect(images, **self.decode_kwargs)
         score = torch.from_numpy(router_score(self.router, out, self.seed))
         keep = score >= torch.tensor(self.threshold)
@@ -224,18 +229,19 @@ class DetectionCascade(RoutedCascade):
         i = cv.cheapest_at(teacher * (1 - self.tolerance))
         if i is None:  # keep-none is the teacher itself, so this cannot happen unless the metric is broken
             raise TraceError("no threshold reaches the target on calibration images, not even the teacher alone")
-        self._fitted(cv, i, teacher_calib_map_=teacher, calib_map_=float(cv.accuracy[i]),
+        self._fitted(cv, i, calib.flops[1], teacher_calib_map_=teacher, calib_map_=float(cv.accuracy[i]),
                      calib_share_forwarded_=float(cv.extra["reach"][i, 1]), calib_mean_flops_=float(cv.cost[i]))
         return self
 
     def simulate(self, record: DetectionRecord, knob: float | None = None) -> DetectionOutcome:
         """The policy on a record at threshold ``knob`` (default: the fitted one)."""
         t = self._threshold(knob)
-        keep = self.score(record) >= np.float32(t)
+        alone = self._teacher_alone(knob)  # the student does not run
+        keep = np.zeros(record.n, bool) if alone else self.score(record) >= np.float32(t)
         m = record.metrics(keep, self.backend)
         share = float((~keep).mean())
         return DetectionOutcome(t, keep, record.mixture(keep), m["map"], m["map_50"], share,
-                                record.flops[0] + share * record.flops[1])
+                                (0.0 if alone else record.flops[0]) + share * record.flops[1])
 
     # ------------------------------------------------------------------------------------ runtime
 
@@ -249,4 +255,4 @@ class DetectionCascade(RoutedCascade):
         if device is not None:
             student, teacher = student.to(device), teacher.to(device)
         return DetectionRuntime(student, teacher, threshold=threshold, router=self.router, seed=self.seed,
-                                decode_kwargs=decode_kwargs)
+                                decode_kwargs=decode_kwargs, teacher_alone=self._teacher_alone(knob))

@@ -192,7 +192,7 @@ class RegressionCascade(RoutedCascade):
         i = c.cheapest_at(-teacher * (1 + self.tolerance))
         if i is None:  # unreachable: the forward-all point meets it
             raise ConfigError("no threshold reaches the teacher's calibration MAE")
-        self._fitted(c, i, calib_mae_=-float(c.accuracy[i]), teacher_calib_mae_=teacher, calib_flops_=float(c.cost[i]),
+        self._fitted(c, i, calib.costs[1], calib_mae_=-float(c.accuracy[i]), teacher_calib_mae_=teacher, calib_flops_=float(c.cost[i]),
                      student_share_=1.0 - float(c.extra["reach"][i, 1]))
         return self
 
@@ -200,6 +200,10 @@ class RegressionCascade(RoutedCascade):
         """What the cascade does on recorded ``outputs`` at threshold ``knob`` (default: the fitted one)."""
         t = np.float32(self._threshold(knob))
         keep = self.scores(outputs) >= t
+        if self._teacher_alone(knob):  # the student does not run
+            by = np.ones(len(outputs), np.int64)
+            return RegressionOutcome(outputs.teacher[:, PREDICTION].copy(), by, outputs.costs[1] * by.astype(float),
+                                     outputs.targets)
         pred = np.where(keep, outputs.student[:, PREDICTION], outputs.teacher[:, PREDICTION])
         by = (~keep).astype(np.int64)
         return RegressionOutcome(pred, by, outputs.costs[0] + by * outputs.costs[1], outputs.targets)
@@ -225,7 +229,8 @@ class RegressionCascade(RoutedCascade):
         student, teacher = self.pair(paths)
         if device is not None:
             student, teacher = student.to(device), teacher.to(device)
-        return RegressionRuntime(student, teacher, threshold=threshold, score=SCORES[self.router], costs=costs)
+        return RegressionRuntime(student, teacher, threshold=threshold, score=SCORES[self.router], costs=costs,
+                                 teacher_alone=self._teacher_alone(knob))
 
 
 class RegressionRuntime:
@@ -236,11 +241,13 @@ class RegressionRuntime:
         threshold: the student keeps sample i when its score >= threshold (float32).
         score: the router's score of the student's (N, 3) output.
         costs: FLOPs per sample of student and teacher (counted from the modules when None).
+        teacher_alone: the teacher answers every sample and the student does not run.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, threshold: float, score: Callable,
-                 costs: tuple[float, float] | None = None) -> None:
+                 costs: tuple[float, float] | None = None, teacher_alone: bool = False) -> None:
         self.student, self.teacher = student.eval(), teacher.eval()
+        self.teacher_alone = bool(teacher_alone)
         self.threshold = torch.tensor(threshold, dtype=torch.float32)
         self.score = score
         self.costs = costs
@@ -254,6 +261,10 @@ class RegressionRuntime:
         x = x.to(dev)
         if self.costs is None:
             self.costs = count_costs(self.student, self.teacher, tuple(x.shape[1:]))
+        if self.teacher_alone:
+            by = np.ones(x.shape[0], np.int64)
+            return RegressionOutcome(self.teacher(x)[:, PREDICTION].float().cpu().numpy(), by,
+                                     self.costs[1] * by.astype(float))
         out = self.student(x)  # (N, 3)
         keep = self.score(out).float() >= self.threshold  # (N,)
         pred = out[:, PREDICTION].clone()

@@ -29,6 +29,10 @@ class RoutedCascade(Method):
 
     A family sets ``task`` and ``calib_fields`` (the calibration figures ``fit`` stores besides the threshold and
     the calibration curve, all saved with it).
+
+    As for every method (:attr:`~dyninfer.evaluate.guarantee.OperatingPoint.not_cheaper`), when the chosen point
+    costs no fewer FLOPs on calibration than the teacher alone, the fitted policy (``knob=None``) runs the teacher
+    alone without running the student (``teacher_alone_``); an explicit knob always runs the routed cascade.
     """
 
     task: ClassVar[str] = ""
@@ -48,13 +52,19 @@ class RoutedCascade(Method):
         """``knob`` checked when given, else the fitted threshold (NotFittedError when there is none)."""
         return self._knob(knob)
 
+    def _teacher_alone(self, knob: Any) -> bool:
+        """Whether the policy at ``knob`` runs the teacher alone (the fitted point, when it is not cheaper)."""
+        return knob is None and self.teacher_alone_
+
     def _setting(self, curve: Curve, j: int) -> float:
         return float(curve.settings[j, 0])
 
-    def _fitted(self, curve: Curve, i: int, **calib: float) -> None:
-        """Store point ``i`` of the calibration ``curve`` as the operating point, with its calibration figures."""
+    def _fitted(self, curve: Curve, i: int, teacher_cost: float, **calib: float) -> None:
+        """Store point ``i`` of the calibration ``curve`` as the operating point, with its calibration figures
+        (``teacher_cost``: the teacher's FLOPs alone)."""
         self.knob_ = self.threshold_ = float(curve.settings[i, 0])
         self.calib_curve_ = curve
+        self.teacher_alone_ = bool(curve.cost[i] >= teacher_cost)
         for k, v in calib.items():
             setattr(self, k, float(v))
 
@@ -75,10 +85,14 @@ class RoutedCascade(Method):
     # ------------------------------------------------------------------ storage (through Method.save / load_method)
     def _state(self) -> tuple[dict, dict]:
         return ({"knob_": _jsonable(self.knob_), "calib_curve_": _curve_dict(self.calib_curve_),
+                 "teacher_alone_": self.teacher_alone_,
                  **{k: _jsonable(getattr(self, k)) for k in self.calib_fields}}, {})
 
     def _set_state(self, state: dict, tensors: dict) -> None:
         self.knob_ = self.threshold_ = self.check_knob(_num(state["knob_"]))
         self.calib_curve_ = _curve_from(state["calib_curve_"])
+        if not isinstance(state["teacher_alone_"], bool):
+            raise ValueError(f"teacher_alone_ must be true or false, got {state['teacher_alone_']!r}")
+        self.teacher_alone_ = state["teacher_alone_"]
         for k in self.calib_fields:
             setattr(self, k, float(_num(state[k])))
