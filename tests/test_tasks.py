@@ -216,3 +216,11 @@ def test_a_fitted_point_not_cheaper_than_the_teacher_runs_the_teacher_alone(task
     # an explicit knob runs the routed cascade: the student runs on every input
     assert method.simulate(test, method.knob_).mean_flops >= (test.costs[0] if name == "cascade-regression"
                                                               else test.flops[0]) - 1e-6
+
+
+def test_figure_settings_are_checked_before_any_work(tmp_path):
+    for name, router in (("cascade-regression", "count"), ("cascade-detection", "variance")):
+        cfg = RunConfig(method=name, preset="tiny", dataset="digits", figures={"routers": [router]}, progress=False)
+        with pytest.raises(ConfigError, match="unknown routers"):
+            run(cfg, tmp_path / name, log=lambda s: None)
+        assert not (tmp_path / name).exists()

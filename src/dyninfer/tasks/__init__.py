@@ -100,6 +100,18 @@ def finite(v: float) -> float | str:
     return float(v) if np.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
+def check_routers(routers, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``routers`` as a tuple, or a ConfigError naming the unknown ones and the known ones."""
+    from ..errors import ConfigError
+
+    routers = tuple(routers)
+    bad = [r for r in routers if r not in known]
+    if bad or not routers:
+        raise ConfigError(f"unknown routers {bad}; use some of {list(known)}" if bad else
+                          f"name at least one router of {list(known)}")
+    return routers
+
+
 def _num(v: float | str) -> str:
     """A threshold for the report: 4 significant digits, or ``inf`` / ``-inf``."""
     return v if isinstance(v, str) else f"{v:.4g}"
@@ -112,4 +124,4 @@ def run_task(task: str, cfg, method, log: Callable[[str], None] = print) -> Task
     return TASKS.get(task)(cfg, method, log)
 
 
-__all__ = ["TASKS", "TaskEvaluation", "batches_of", "run_task", "time_beside_teacher"]
+__all__ = ["TASKS", "TaskEvaluation", "batches_of", "check_routers", "run_task", "time_beside_teacher"]

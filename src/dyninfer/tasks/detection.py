@@ -30,7 +30,7 @@ from ..methods.cascade.detection import ROUTER_NAMES, DetectionCascade, record_p
 from ..report.plots import pyplot, save, tradeoff_plot
 from ..report.tables import markdown_table
 from ..report.writer import Section
-from . import TASKS, TaskEvaluation, _num, batches_of, finite, time_beside_teacher
+from . import TASKS, TaskEvaluation, _num, batches_of, check_routers, finite, time_beside_teacher
 
 TARGET_MAP, TARGET_SPEEDUP = 0.97, 1.8  # the paper's EfficientDet-D0/D4 figure
 COLORS = {"energy": "C3", "confidence": "C0", "count": "C2", "random": "0.5"}
@@ -179,10 +179,7 @@ class DetectionFigures:
     routers: tuple[str, ...] = ROUTER_NAMES  # compared at their calibrated points, with the run's tolerance and seed
 
     def __post_init__(self) -> None:
-        self.routers = tuple(self.routers)
-        bad = [r for r in self.routers if r not in ROUTER_NAMES]
-        if bad:
-            raise ConfigError(f"unknown routers {bad}; use some of {list(ROUTER_NAMES)}")
+        self.routers = check_routers(self.routers, ROUTER_NAMES)
 
 
 def _figures(ev: TaskEvaluation, cfg: DetectionFigures, log) -> list[Section]:

@@ -28,7 +28,7 @@ from ..methods.cascade.regression import ROUTERS, RegressionCascade, RegressionO
 from ..report.plots import pyplot, save
 from ..report.tables import markdown_table
 from ..report.writer import Section
-from . import TASKS, TaskEvaluation, _num, batches_of, finite, time_beside_teacher
+from . import TASKS, TaskEvaluation, _num, batches_of, check_routers, finite, time_beside_teacher
 
 TARGET_SAVING = 1.5  # the paper's figure: at the teacher's MAE + 1%, 1.5x fewer FLOPs than the teacher
 COLORS = {"energy": "tab:red", "variance": "tab:blue", "random": "0.5"}
@@ -206,10 +206,7 @@ class RegressionFigures:
     routers: tuple[str, ...] = ROUTERS  # compared at their calibrated points, with the run's tolerance and seed
 
     def __post_init__(self) -> None:
-        self.routers = tuple(self.routers)
-        bad = [r for r in self.routers if r not in ROUTERS]
-        if bad:
-            raise ConfigError(f"unknown routers {bad}; use some of {list(ROUTERS)}")
+        self.routers = check_routers(self.routers, ROUTERS)
 
 
 def _figures(ev: TaskEvaluation, cfg: RegressionFigures, log) -> list[Section]:
