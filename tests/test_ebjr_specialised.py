@@ -218,3 +218,44 @@ def test_energy_gap_terms_split_the_free_energy():
     assert 0 < t["cancelled"] < 1
     with pytest.raises(ConfigError, match="popular classes and of the others"):
         energy_gap_terms(z[:50], y[:50], [0, 1])
+
+
+@pytest.mark.parametrize("method, params, first", [
+    ("cascade", {"student": "distilled-hard", "tolerance": 0.05}, "cnn-s-distilled-hard"),
+    ("cascade-specialised", {"classes": [1, 4, 7], "tolerance": 0.05}, "cnn-s-specialised"),
+])
+def test_a_pool_student_of_another_kind_runs_end_to_end(method, params, first, digits_prepared, tmp_path):
+    """`dyninfer run cascade --set student=...` and `dyninfer run cascade-specialised --set classes=[...]` train the
+    student in place of the pool's cheapest model and run the whole pipeline on it; the policy reloads with it."""
+    import json
+
+    from dyninfer.pipeline import RunConfig, run
+    from dyninfer.policy import load_policy
+
+    folder = run(RunConfig(method=method, preset="tiny", dataset="digits", params=params, threads=1, progress=False),
+                 tmp_path / "run", log=lambda s: None)
+    res = json.loads((folder / "results.json").read_text())
+    assert res["paths"] == [first, "cnn-m"] and res["agreement"]["pred_mismatch"] == 0
+    policy = load_policy(folder)
+    assert policy.paths.names == [first, "cnn-m"]
+    student, general = policy.paths.models[first], digits_prepared.paths.models["cnn-s"]
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), general.state_dict().values()))
+    if method == "cascade-specialised":
+        assert isinstance(student, SpecialisedStudent) and policy.method.classes_ == [1, 4, 7]
+    x = digits_prepared.test.x[:64]
+    np.testing.assert_array_equal(policy.runtime().run(x, 32).pred.numpy(),
+                                  load_policy(folder).runtime().run(x, 32).pred.numpy())
+
+
+def test_a_pool_student_is_refused_where_it_cannot_be_made():
+    from dyninfer.harness import prepare
+    from dyninfer.methods.cascade import Cascade
+
+    with pytest.raises(ConfigError, match="cascade-specialised"):
+        Cascade(student="specialised")
+    with pytest.raises(ConfigError, match="distilled-soft"):
+        prepare("digits", "tiny", kind="staged", student="distilled-soft", log=lambda s: None)
+    with pytest.raises(ConfigError, match="popular classes"):
+        prepare("digits", "tiny", kind="pool", student="specialised", log=lambda s: None)
+    with pytest.raises(ConfigError, match="student='specialised'"):
+        prepare("digits", "tiny", kind="pool", classes=[1, 2], log=lambda s: None)

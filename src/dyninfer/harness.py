@@ -46,6 +46,35 @@ class Prepared:
     model_meta: dict[str, dict]
 
 
+STUDENTS = ("distilled-soft", "distilled-hard", "specialised")
+
+
+def _with_student(student: str, classes, names: list[str], trained: dict, metas: dict, data: Dataset, preset: Preset,
+                  *, seed: int, device: str, progress: bool, log: Callable[[str], None]) -> list[str]:
+    """Train (or reuse) the pool's ``student`` in place of its cheapest model; adds it to ``trained`` and ``metas``
+    and returns the pool's path names, the student first."""
+    from dataclasses import replace
+
+    if len(names) < 2:
+        raise ConfigError(f"a {student} student replaces the cheapest model of a pool of two or more; this pool has "
+                          f"{names}")
+    base, recipe = names[0], preset.models[names[0]]
+    if student == "specialised":
+        from .train.specialised import fit_specialised
+
+        name = f"{base}-specialised"
+        trained[name], metas[name] = fit_specialised(base, data, list(classes), replace(recipe, label_smoothing=0.0),
+                                                     seed=seed, device=device, progress=progress, log=log)
+    else:
+        from .train.distill import cached_distilled
+
+        mode = student.split("-", 1)[1]
+        name = f"{base}-{student}"
+        trained[name], metas[name] = cached_distilled(base, trained[names[-1]], data, recipe, mode=mode, seed=seed,
+                                                      device=device, progress=progress, log=log)
+    return [name, *names[1:]]
+
+
 def load_data(dataset: str, preset: Preset, *, seed: int = 0, data_root: str | None = None,
               log: Callable[[str], None] = print) -> Dataset:
     """The preset's splits of ``dataset``."""
@@ -60,8 +89,8 @@ def load_data(dataset: str, preset: Preset, *, seed: int = 0, data_root: str | N
 
 def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, kind: str = "pool", seed: int = 0,
             data_root: str | None = None, data: Dataset | None = None, models: list[str] | None = None,
-            device: str = "cpu", supernet_paths: str | None = None, pair: Any = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> Prepared:
+            device: str = "cpu", supernet_paths: str | None = None, pair: Any = None, student: str | None = None,
+            classes: Any = None, progress: bool = True, log: Callable[[str], None] = print) -> Prepared:
     """Load data, train or reuse the preset's paths of ``kind``, and record (or reuse) their traces.
 
     Args:
@@ -80,10 +109,23 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
             :meth:`~dyninfer.models.adapta.AdaptaResNet.path_configs`; default: the preset's).
         pair: ``bigsmall``: the deployed little/big pair (a ``PairConfig`` or ``{"little": ..., "big": ...}``;
             default: the largest pair); its switchable batch norms are re-estimated for it.
+        student: ``pool``: the cheapest model of the pool is replaced by a student of the same architecture and
+            recipe trained otherwise (EBJR, sections 2.4 and Table 4): ``distilled-soft`` / ``distilled-hard``
+            (trained on the training images with the reference model's soft or hard predictions as targets, no
+            labels), or ``specialised`` (the ``classes`` plus one "other" class that receives the rest). Its path
+            is named ``<model>-distilled-soft`` and so on.
+        classes: ``student="specialised"``: its popular classes.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     if kind not in KINDS:
         raise ConfigError(f"the harness prepares path sets of kind {' or '.join(map(repr, KINDS))}, got {kind!r}")
+    if student is not None and (kind != "pool" or student not in STUDENTS):
+        raise ConfigError(f"student={student!r}: a pool's student is one of {list(STUDENTS)} (kind 'pool'; this path "
+                          f"set is {kind!r})")
+    if (student == "specialised") != (classes is not None):
+        raise ConfigError("a specialised student needs its popular classes: pass classes=[...] (for the cascade: "
+                          "--set classes='[0, 1, 2]')" if classes is None else
+                          "classes= names the popular classes of a specialised student: pass student='specialised'")
     data = data if data is not None else load_data(dataset, p, seed=seed, data_root=data_root, log=log)
     metas: dict[str, dict] = {}
     if kind == "pool":
@@ -95,7 +137,10 @@ def prepare(dataset: str = "fashion-mnist", preset: str | Preset = "quick", *, k
         for name in names:
             trained[name], metas[name] = cached_model(name, data, p.models[name], seed=seed, device=device,
                                                       progress=progress, log=log)
-        paths: PathSet = ModulePool(trained, input_shape=data.spec.input_shape,
+        if student is not None:
+            names = _with_student(student, classes, names, trained, metas, data, p, seed=seed, device=device,
+                                  progress=progress, log=log)
+        paths: PathSet = ModulePool({n: trained[n] for n in names}, input_shape=data.spec.input_shape,
                                     files={n: metas[n]["checkpoint"] for n in names})
     elif kind == "supernet":
         supernet, meta = fit_slimmable(p.supernet_model, data, p.supernet_training, seed=seed, device=device,

@@ -59,6 +59,9 @@ class Cascade(Method):
         grid: score quantiles per stage for cascades of three or more stages.
         order_share: share of the calibration split that orders the thresholds of three or more stages.
         seed: seed of the ``random`` router and of that split.
+        student: None (the pool as trained), or ``distilled-soft`` / ``distilled-hard``: the run's pool has its
+            cheapest model replaced by the same architecture distilled from the reference model on the training
+            images without labels (EBJR's S*, Table 4; :func:`dyninfer.harness.prepare`).
 
     Fitted attributes: ``stages_``, ``router_``, ``score_``, ``knob_`` (thresholds), ``operating_point_``,
     ``calib_curve_``, ``configurations_`` (every configuration on calibration), ``flops_``.
@@ -72,7 +75,7 @@ class Cascade(Method):
                  scores: Sequence[str] = ("energy", "max_softmax", "margin", "entropy"),
                  temperatures: Sequence[float] = DEFAULT_TEMPERATURES, tolerance: float = 0.001,
                  confidence: float = 0.95, bound: str = "clt", grid: int = 40, order_share: float = 0.3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, student: str | None = None) -> None:
         self.stages = stages
         self.scores = scores
         self.temperatures = temperatures
@@ -82,6 +85,10 @@ class Cascade(Method):
         self.grid = grid
         self.order_share = order_share
         self.seed = seed
+        self.student = student
+        if student is not None and student not in ("distilled-soft", "distilled-hard"):
+            raise ConfigError(f"student must be None (the pool as trained), 'distilled-soft' or 'distilled-hard', got "
+                              f"{student!r}; a specialised student is the cascade-specialised method's")
         if stages is not None and (not isinstance(stages, (list, tuple)) or len(stages) < 2
                                    or len(set(stages)) != len(stages)):
             raise ConfigError(f"stages must be 2 or more distinct path names, got {stages!r}")
@@ -94,6 +101,10 @@ class Cascade(Method):
         number("grid", grid, lo=2, integer=True, hint=" (score quantiles per stage)")
         number("order_share", order_share, lo=0, hi=1, lo_open=True, hi_open=True)
         number("seed", seed, integer=True)
+
+    def path_options(self) -> dict:
+        """The pool's student when one is asked for (see :func:`dyninfer.harness.prepare`)."""
+        return {"student": self.student} if self.student is not None else {}
 
     # ------------------------------------------------------------------ fitting
     def _variants(self, router: str) -> list[Score]:

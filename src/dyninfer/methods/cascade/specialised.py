@@ -64,6 +64,12 @@ class SpecialisedCascade(Cascade):
         if classes is not None:
             make_score("specialised", classes=list(classes) if isinstance(classes, tuple) else classes)
 
+    def path_options(self) -> dict:
+        """With ``classes``, the pool's cheapest model is replaced by a specialised student for them (trained or
+        reused from the cache; :func:`dyninfer.harness.prepare`), so ``dyninfer run cascade-specialised --set
+        classes=[...]`` runs end to end."""
+        return {"student": "specialised", "classes": list(self.classes)} if self.classes is not None else {}
+
     def fit_options(self, paths) -> dict:
         """The classes of the pool's specialised student, when this cascade was given none."""
         found = pool_classes(paths) if self.classes is None else None
