@@ -87,6 +87,12 @@ def test_the_run_writes_the_shared_report_and_a_policy(task_run):
         assert title in report
     assert any(p.suffix == ".png" for p in folder.iterdir())
     assert logs[-1].startswith(f"[done] {name}")
+    if name == "cascade-detection":  # a router's predicted time: the student (unless the teacher runs alone) + forwarded
+        per = {k: v / 1e3 for k, v in tm["ms_per_image"].items()}
+        for r, v in res["routers"].items():
+            alone = v["test_mean_flops"] == pytest.approx(op["teacher_flops"]) and v["test_share_forwarded"] == 1.0
+            student = 0.0 if alone else per["student"]
+            assert v["predicted_seconds_per_image"] == pytest.approx(student + v["test_share_forwarded"] * per["teacher"])
     # the saved policy is the fitted method on its two models
     assert type(policy.method).name == name and policy.info["task"] == TASK_METHODS[name][0]
     assert policy.paths.names == ["student", "teacher"]

@@ -196,8 +196,10 @@ def _figures(ev: TaskEvaluation, cfg: DetectionFigures, log) -> list[Section]:
         o = outcomes[r]
         log(f"[figures] {r} router: test mAP {100 * o.map:.2f} ({100 * _of(o.map, t_map['map']):.1f}% of the teacher), "
             f"{100 * o.share_forwarded:.1f}% forwarded")
-    # predicted time of a router's point: the measured student time on every canvas plus the teacher's on the forwarded
-    pred = {r: per_img["student"] + o.share_forwarded * per_img["teacher"] for r, o in outcomes.items()}
+    # predicted time of a router's point: the measured student time on every canvas (unless the fitted policy runs the
+    # teacher alone) plus the teacher's on the forwarded ones
+    pred = {r: (0.0 if cascades[r].teacher_alone_ else per_img["student"]) + o.share_forwarded * per_img["teacher"]
+            for r, o in outcomes.items()}
     rows = [["teacher", f"{100 * t_map['map']:.2f}", "100.0", "100.0", f"{ft / 1e6:.2f}", "1.00",
              f"{1e3 * per_img['teacher']:.3f}", "1.00"],
             ["student", f"{100 * s_map['map']:.2f}", f"{100 * _of(s_map['map'], t_map['map']):.1f}", "0.0", f"{fs / 1e6:.2f}",
