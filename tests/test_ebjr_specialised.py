@@ -221,7 +221,7 @@ def test_energy_gap_terms_split_the_free_energy():
 
 
 @pytest.mark.parametrize("method, params, first", [
-    ("cascade", {"student": "distilled-hard", "tolerance": 0.05}, "cnn-s-distilled-hard"),
+    ("cascade", {"student": "distilled-soft", "tolerance": 0.05}, "cnn-s-distilled-soft"),
     ("cascade-specialised", {"classes": [1, 4, 7], "tolerance": 0.05}, "cnn-s-specialised"),
 ])
 def test_a_pool_student_of_another_kind_runs_end_to_end(method, params, first, digits_prepared, tmp_path):
@@ -238,6 +238,8 @@ def test_a_pool_student_of_another_kind_runs_end_to_end(method, params, first, d
     assert res["paths"] == [first, "cnn-m"] and res["agreement"]["pred_mismatch"] == 0
     policy = load_policy(folder)
     assert policy.paths.names == [first, "cnn-m"]
+    # soft targets (temperature 4) are never the one-hot labels the general student learned from: other weights
+    # (hard targets can equal the labels where the teacher fits the training split exactly)
     student, general = policy.paths.models[first], digits_prepared.paths.models["cnn-s"]
     assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), general.state_dict().values()))
     if method == "cascade-specialised":
