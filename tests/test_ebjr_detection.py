@@ -139,7 +139,8 @@ def test_empty_images_through_runtime_and_metric(pair, canvases):
         mean_average_precision(res.detections, targets)
     nothing = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}] * 6
     assert mean_average_precision(nothing, targets)["map"] <= 0  # no detection at all: mAP 0 (or -1), no crash
-    assert len(casc.runtime(pair, knob=0.0)(x[:0]).detections) == 0
+    with pytest.raises(InputError, match="empty batch"):  # the shared batch rules: an empty batch is refused
+        casc.runtime(pair, knob=0.0)(x[:0])
     with pytest.raises(InputError, match="NaN"):
         casc.runtime(pair)(torch.full((1, 1, 64, 64), float("nan")))
     with pytest.raises(InputError):
@@ -167,7 +168,7 @@ def test_runtime_equals_simulate_and_save_load(pair, canvases, tmp_path):
     casc.save(tmp_path)
     back = load_method(tmp_path)
     assert isinstance(back, DetectionCascade)
-    assert back.threshold_ == casc.threshold_ and back.router == "energy" and back.calib_map_ == casc.calib_map_
+    assert back.knob_ == casc.knob_ and back.router == "energy" and back.calib_map_ == casc.calib_map_
     assert (back.simulate(rec).keep == casc.simulate(rec).keep).all()
 
 

@@ -107,7 +107,7 @@ def test_runtime_predictions_equal_the_simulation(models, outputs):
     calib, x = out["calib"], splits["calib"].x
     cascade = RegressionCascade(router="energy").fit(calib)
     scores = cascade.scores(calib)
-    for t in [cascade.threshold_, *np.quantile(scores, [0.0, 0.3, 0.7]).tolist(), math.inf]:
+    for t in [cascade.knob_, *np.quantile(scores, [0.0, 0.3, 0.7]).tolist(), math.inf]:
         sim = cascade.simulate(calib, t)
         run = cascade.runtime(models, knob=t, costs=calib.costs)
         parts = [run(x[i:i + 64]) for i in range(0, x.shape[0], 64)]  # the batches the outputs were recorded in
@@ -124,14 +124,14 @@ def test_save_load_round_trip(outputs, tmp_path):
         c.save(tmp_path / router)
         d = load_method(tmp_path / router)
         assert isinstance(d, RegressionCascade)
-        assert (d.router, d.tolerance, d.seed, d.threshold_, d.knob_) == (router, 0.03, 2, c.threshold_, c.threshold_)
+        assert (d.router, d.tolerance, d.seed, d.knob_) == (router, 0.03, 2, c.knob_)
         assert (d.calib_mae_, d.student_share_) == (c.calib_mae_, c.student_share_)
         np.testing.assert_array_equal(d.calib_curve_.cost, c.calib_curve_.cost)
         np.testing.assert_array_equal(d.simulate(out["test"]).prediction, c.simulate(out["test"]).prediction)
     inf = RegressionCascade().fit(out["calib"])
-    inf.knob_ = inf.threshold_ = math.inf
+    inf.knob_ = math.inf
     inf.save(tmp_path / "inf")
-    assert RegressionCascade.load(tmp_path / "inf").threshold_ == math.inf
+    assert RegressionCascade.load(tmp_path / "inf").knob_ == math.inf
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "method.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):

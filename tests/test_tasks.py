@@ -62,6 +62,8 @@ def task_run(request, tmp_path_factory):
 
 
 def test_task_methods_are_registered_beside_the_classifiers():
+    # every method of another task is covered here, as every classifier is by tests/test_conformance.py
+    assert set(TASK_METHODS) == {n for n in METHODS.names() if METHODS.get(n).task != "classification"}
     for name, (task, _) in TASK_METHODS.items():
         assert METHODS.get(name).task == task
     assert {n for n in METHODS.names() if METHODS.get(n).task == "classification"} >= {"cascade", "early-exit"}
@@ -126,7 +128,8 @@ def test_conformance_on_the_task_record(task_run, tmp_path):
     name, _, _, policy, (calib, test, x) = task_run
     params = {"tolerance": 0.05, **({"grid": 4} if name == "cascade-detection" else {})}
     fresh = create_method(name, **params)
-    assert fresh.get_params() == {**fresh.get_params(), **params}
+    assert all(fresh.get_params()[k] is v for k, v in params.items())
+    assert set(fresh.get_params()) == set(type(fresh).param_names())
     with pytest.raises(NotFittedError, match="fit"):
         fresh.simulate(test)
     with pytest.raises(NotFittedError):
@@ -161,6 +164,7 @@ def test_conformance_on_the_task_record(task_run, tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (lambda x: x * 255, "0-255 pixels"),
+    (lambda x: x[:0], "empty batch"),
     (lambda x: x.masked_fill(torch.zeros_like(x, dtype=torch.bool).index_fill_(0, torch.tensor([0]), True), float("nan")),
      "NaN"),
     (lambda x: (x * 255).to(torch.uint8), "uint8"),

@@ -39,9 +39,9 @@ from .presets import get_preset
 from .report.plots import tradeoff_plot
 from .report.tables import markdown_table
 from .report.writer import Section, provenance, write_report
-from .runtime.cost import (CLOCKS, DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, EnergyMeter, co2_grams,
-                           count_flops, interleaved_latency, paired_overhead, torch_threads)
-from .tasks import detection as _detection, regression as _regression  # noqa: F401  (task steps and figures)
+from .runtime.cost import (CLOCKS, DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, count_flops,
+                           energy_per_sample, interleaved_latency, paired_overhead, torch_threads)
+from .tasks import run_task
 from .trace import Trace
 
 
@@ -225,13 +225,8 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
         f"forced runtime vs plain {timing['forced_overhead_serving_pct']['pct']:+.1f}% at batch {sb}, "
         f"{timing['forced_overhead_batch1_pct']['pct']:+.1f}% at batch 1")
     # ---- energy and CO2 (measured where a counter exists, otherwise estimated and labelled so)
-    energy = {}
-    for k, fn in (("policy", lambda: rt.run(xs, sb)), ("plain", lambda: plain(xs, sb))):
-        meter = EnergyMeter(dev, cfg.cpu_watts_per_thread)
-        with meter:
-            fn()
-        energy[k] = {"joules_per_image": meter.joules / n_ref, "source": meter.source,
-                     "co2_g_per_10k_images": co2_grams(meter.joules / n_ref * 1e4, cfg.grid_g_per_kwh)}
+    energy = energy_per_sample({"policy": lambda: rt.run(xs, sb), "plain": lambda: plain(xs, sb)}, n_ref, device=dev,
+                               cpu_watts_per_thread=cfg.cpu_watts_per_thread, grid_g_per_kwh=cfg.grid_g_per_kwh)
     static = []
     for p, name in enumerate(test.paths):
         c = test.cost(p)
@@ -412,8 +407,6 @@ def run(cfg: RunConfig, out: str | Path, *, log: Callable[[str], None] = print, 
 
 def _run_task(cfg: RunConfig, method: Method, fig, fig_cfg, out, *, log, command, t_start) -> Path:
     """:func:`run` for a method whose answer is not a class (:mod:`dyninfer.tasks`)."""
-    from .tasks import run_task
-
     ev = run_task(method.task, cfg, method, log)
     sections = list(ev.sections)
     if fig_cfg is not None:

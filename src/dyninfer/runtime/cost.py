@@ -264,6 +264,21 @@ def co2_grams(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> 
     return joules / 3.6e6 * grid_g_per_kwh
 
 
+def energy_per_sample(calls: dict[str, Callable[[], object]], n: int, *, device: str | torch.device = "cpu",
+                      cpu_watts_per_thread: float = DEFAULT_CPU_WATTS_PER_THREAD,
+                      grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> dict[str, dict]:
+    """Energy of each call (one pass over ``n`` samples) through :class:`EnergyMeter`: name -> ``joules_per_image``,
+    ``source`` (measured where a counter exists, otherwise the stated power model) and ``co2_g_per_10k_images``."""
+    out = {}
+    for k, fn in calls.items():
+        meter = EnergyMeter(device, cpu_watts_per_thread)
+        with meter:
+            fn()
+        out[k] = {"joules_per_image": meter.joules / n, "source": meter.source,
+                  "co2_g_per_10k_images": co2_grams(meter.joules / n * 1e4, grid_g_per_kwh)}
+    return out
+
+
 # ----------------------------------------------------------------------------------------- path cost
 
 @dataclass

@@ -19,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
 from ..registry import Registry
-from ..runtime.cost import EnergyMeter, co2_grams, interleaved_latency
+from ..runtime.cost import energy_per_sample, interleaved_latency
 
 
 @dataclass
@@ -79,13 +77,8 @@ def time_beside_teacher(runtime: Callable, teacher: Callable, batches: list, *, 
               "times_ms": {k: v["times_ms"] for k, v in lat.items()}}
     timing["speedup"] = timing["ms"]["teacher"] / timing["ms"]["runtime"]
     timing["wall_speedup"] = timing["wall_ms"]["teacher"] / timing["wall_ms"]["runtime"]
-    energy = {}
-    for k in ("runtime", "teacher"):
-        meter = EnergyMeter("cpu", cpu_watts)
-        with meter:
-            calls[k]()
-        energy[k] = {"joules_per_image": meter.joules / n, "source": meter.source,
-                     "co2_g_per_10k_images": co2_grams(meter.joules / n * 1e4, grid_g_per_kwh)}
+    energy = energy_per_sample({k: calls[k] for k in ("runtime", "teacher")}, n, cpu_watts_per_thread=cpu_watts,
+                               grid_g_per_kwh=grid_g_per_kwh)
     return {"timing": timing, "energy": energy}
 
 
@@ -93,11 +86,6 @@ def batches_of(x, batch: int, limit: int | None = None) -> list:
     """``x`` (N, ...) cut into consecutive batches of ``batch``, the first ``limit`` rows only when given."""
     n = x.shape[0] if limit is None else min(int(limit), x.shape[0])
     return [x[i:min(i + batch, n)] for i in range(0, n, batch)]
-
-
-def finite(v: float) -> float | str:
-    """A threshold as standard JSON (infinite ones as strings)."""
-    return float(v) if np.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def check_routers(routers, known: tuple[str, ...]) -> tuple[str, ...]:
@@ -112,16 +100,11 @@ def check_routers(routers, known: tuple[str, ...]) -> tuple[str, ...]:
     return routers
 
 
-def _num(v: float | str) -> str:
-    """A threshold for the report: 4 significant digits, or ``inf`` / ``-inf``."""
-    return v if isinstance(v, str) else f"{v:.4g}"
-
-
 def run_task(task: str, cfg, method, log: Callable[[str], None] = print) -> TaskEvaluation:
     """The steps of ``task`` (registered by :mod:`dyninfer.tasks.regression` and :mod:`dyninfer.tasks.detection`)."""
-    from . import detection, regression  # noqa: F401  (register the tasks)
-
     return TASKS.get(task)(cfg, method, log)
 
 
 __all__ = ["TASKS", "TaskEvaluation", "batches_of", "check_routers", "run_task", "time_beside_teacher"]
+
+from . import detection, regression  # noqa: E402,F401  (register the task steps and the methods' own figures)

@@ -30,7 +30,7 @@ from ..methods.cascade.detection import ROUTER_NAMES, DetectionCascade, record_p
 from ..report.plots import pyplot, save, tradeoff_plot
 from ..report.tables import markdown_table
 from ..report.writer import Section
-from . import TASKS, TaskEvaluation, _num, batches_of, check_routers, finite, time_beside_teacher
+from . import TASKS, TaskEvaluation, batches_of, check_routers, time_beside_teacher
 
 TARGET_MAP, TARGET_SPEEDUP = 0.97, 1.8  # the paper's EfficientDet-D0/D4 figure
 COLORS = {"energy": "C3", "confidence": "C0", "count": "C2", "random": "0.5"}
@@ -83,25 +83,25 @@ def evaluate_detection(cfg, method: DetectionCascade, log=print) -> TaskEvaluati
     log(f"[runtime] agreement on {n} test canvases: {agree['route_mismatch']} routes and "
         f"{agree['detections_mismatch']} detection lists differ")
     measured = time_beside_teacher(rt, lambda b: teacher.detect(b, energy=False), batches,
-                                   rounds=max(3, preset.runtime_rounds), clock=cfg.clock, cpu_watts=cfg.cpu_watts_per_thread,
-                                   grid_g_per_kwh=cfg.grid_g_per_kwh, extra={"student": lambda: [student.detect(b)
-                                                                                                 for b in batches]})
+                                   rounds=preset.runtime_rounds, clock=cfg.clock, cpu_watts=cfg.cpu_watts_per_thread,
+                                   grid_g_per_kwh=cfg.grid_g_per_kwh,
+                                   extra={"student": lambda: [student.detect(b) for b in batches]})
     tm = measured["timing"]
     pct = _of(out.map, t_map["map"])
-    op = {"router": method.router, "threshold": finite(method.threshold_), "tolerance": method.tolerance,
+    op = {"router": method.router, "threshold": method.knob_, "tolerance": method.tolerance,
           "calib_map": method.calib_map_, "calib_teacher_map": method.teacher_calib_map_,
           "calib_share_forwarded": method.calib_share_forwarded_, "test_map": out.map, "test_map_50": out.map_50,
           "test_teacher_map": t_map["map"], "test_student_map": s_map["map"], "share_of_teacher_map": pct,
-          "test_share_forwarded": out.share_forwarded, "teacher_alone": method.teacher_alone_, "test_mean_flops": out.mean_flops, "teacher_flops": ft,
-          "student_flops": fs, "flops_saving": ft / out.mean_flops, "speedup_measured": tm["speedup"],
+          "test_share_forwarded": out.share_forwarded, "teacher_alone": method.teacher_alone_,
+          "test_mean_flops": out.mean_flops, "teacher_flops": ft, "student_flops": fs, "flops_saving": ft / out.mean_flops, "speedup_measured": tm["speedup"],
           "held_on_test": bool(out.map >= t_map["map"] * (1 - method.tolerance) - 1e-12),
           "target": {"share_of_teacher_map": TARGET_MAP, "speedup": TARGET_SPEEDUP,
                      "met": bool(pct >= TARGET_MAP and tm["speedup"] >= TARGET_SPEEDUP)}}
-    log(f"[fit] cascade-detection ({method.router}): threshold {method.threshold_:.4g}; test mAP {100 * out.map:.2f} "
+    log(f"[fit] cascade-detection ({method.router}): threshold {method.knob_:.4g}; test mAP {100 * out.map:.2f} "
         f"({100 * pct:.1f}% of the teacher), {100 * out.share_forwarded:.1f}% forwarded, {ft / out.mean_flops:.2f}x "
         f"fewer FLOPs, measured {tm['speedup']:.2f}x the teacher's speed")
     empty = np.array([len(t["boxes"]) == 0 for t in test.targets])
-    results = {"method": method.name, "params": method.get_params(), "knob": finite(method.knob_), "task": "detection",
+    results = {"method": method.name, "params": method.get_params(), "knob": method.knob_, "task": "detection",
                "task_settings": task, "operating_point": op, "agreement": agree, **measured,
                "canvases": {"config": data.meta.get("config"), "empty_test_images": int(empty.sum()),
                             "no_box_test_images": int((test.student.n_boxes.numpy() == 0).sum()),
@@ -131,7 +131,7 @@ def _sections(ev: TaskEvaluation) -> list[Section]:
     op, ag, tm, en = r["operating_point"], r["agreement"], r["timing"], r["energy"]
     fs, ft = op["student_flops"], op["teacher_flops"]
     met = op["target"]["met"]
-    head = (f"- Router `{op['router']}`, threshold `{_num(op['threshold'])}` chosen on {ev.calib.n} calibration canvases: the "
+    head = (f"- Router `{op['router']}`, threshold `{op['threshold']:.4g}` chosen on {ev.calib.n} calibration canvases: the "
             f"cheapest point whose calibration mAP ({100 * op['calib_map']:.2f}) is at least the teacher's "
             f"({100 * op['calib_teacher_map']:.2f}) x {1 - op['tolerance']:g}.\n"
             f"- Test ({ev.test.n} canvases): mAP **{100 * op['test_map']:.2f}** = **{100 * op['share_of_teacher_map']:.1f}%** "
@@ -231,7 +231,7 @@ def _figures(ev: TaskEvaluation, cfg: DetectionFigures, log) -> list[Section]:
         ax.hist(s[k], bins=bins, alpha=0.6, label=f"kept by the student ({int(k.sum())})", color="C2")
         ax.hist(s[~k], bins=bins, alpha=0.6, label=f"forwarded to the teacher ({int((~k).sum())})", color="C3")
         if m.router == "energy":
-            ax.axvline(m.threshold_, color="k", ls="--", lw=1, label="calibrated threshold")
+            ax.axvline(m.knob_, color="k", ls="--", lw=1, label="calibrated threshold")
         ax.set_xlabel("-F^o (student, test canvases)")
         ax.set_ylabel("canvases")
         ax.legend(fontsize=8)
@@ -245,10 +245,10 @@ def _figures(ev: TaskEvaluation, cfg: DetectionFigures, log) -> list[Section]:
                     f"keep-all and keep-none; the test curves {task.curve_grid}. Times are predicted from the measured "
                     f"per-canvas times of the two detectors (the run's own router is measured in the Runtime section).\n\n"
                     + markdown_table(head, rows) + "\n",
-                    {r: {"threshold": finite(c.threshold_), "calib_map": c.calib_map_, "test_map": outcomes[r].map,
+                    {r: {"threshold": c.knob_, "calib_map": c.calib_map_, "test_map": outcomes[r].map,
                          "test_share_forwarded": outcomes[r].share_forwarded, "test_mean_flops": outcomes[r].mean_flops,
                          "predicted_seconds_per_image": pred[r],
-                         "curve": {"threshold": [finite(t) for t in curves[r].settings[:, 0]],
+                         "curve": {"threshold": curves[r].settings[:, 0].tolist(),
                                    "map": curves[r].accuracy.tolist(), "mean_flops": curves[r].cost.tolist(),
                                    "share_forwarded": curves[r].extra["reach"][:, 1].tolist()}}
                      for r, c in cascades.items()},

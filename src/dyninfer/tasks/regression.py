@@ -24,11 +24,11 @@ import torch
 
 from ..errors import ConfigError
 from ..methods.base import FIGURES, Figures
-from ..methods.cascade.regression import ROUTERS, RegressionCascade, RegressionOutputs, count_costs
+from ..methods.cascade.regression import ROUTERS, SCORES, RegressionCascade, RegressionOutputs, count_costs
 from ..report.plots import pyplot, save
 from ..report.tables import markdown_table
 from ..report.writer import Section
-from . import TASKS, TaskEvaluation, _num, batches_of, check_routers, finite, time_beside_teacher
+from . import TASKS, TaskEvaluation, batches_of, check_routers, time_beside_teacher
 
 TARGET_SAVING = 1.5  # the paper's figure: at the teacher's MAE + 1%, 1.5x fewer FLOPs than the teacher
 COLORS = {"energy": "tab:red", "variance": "tab:blue", "random": "0.5"}
@@ -43,9 +43,9 @@ def evaluate_regression(cfg, method: RegressionCascade, log=print) -> TaskEvalua
     from ..presets import get_preset
     from ..train.regression import fit_regressor
 
-    if method.router not in ("energy", "variance"):
-        raise ConfigError(f"router {method.router!r} runs in simulation only; run cascade-regression with router "
-                          f"'energy' or 'variance' (the report compares 'random' beside them)")
+    if method.router not in SCORES:
+        raise ConfigError(f"router {method.router!r} runs in simulation only; run cascade-regression with one of "
+                          f"{sorted(SCORES)} (the report compares 'random' beside them)")
     t0 = time.perf_counter()
     preset = get_preset(cfg.preset)
     task = preset.regression
@@ -75,7 +75,7 @@ def evaluate_regression(cfg, method: RegressionCascade, log=print) -> TaskEvalua
     out = method.simulate(test)
     t_mae = test.mae("teacher")
     saving = ct / out.mean_flops
-    op = {"router": method.router, "threshold": finite(method.threshold_), "tolerance": method.tolerance,
+    op = {"router": method.router, "threshold": method.knob_, "tolerance": method.tolerance,
           "calib_mae": method.calib_mae_, "calib_teacher_mae": method.teacher_calib_mae_,
           "calib_mean_flops": method.calib_flops_, "test_mae": out.mae, "test_teacher_mae": t_mae,
           "test_student_mae": test.mae("student"), "test_mean_flops": out.mean_flops, "teacher_flops": ct,
@@ -83,7 +83,7 @@ def evaluate_regression(cfg, method: RegressionCascade, log=print) -> TaskEvalua
           "test_mae_vs_teacher_pct": 100 * (out.mae / t_mae - 1), "teacher_alone": method.teacher_alone_,
           "held_on_test": bool(out.mae <= t_mae * (1 + method.tolerance) + 1e-12),
           "target": {"flops_saving": TARGET_SAVING, "met": bool(saving >= TARGET_SAVING)}}
-    log(f"[fit] cascade-regression ({method.router}): threshold {method.threshold_:.4g}; test MAE {out.mae:.3f} deg "
+    log(f"[fit] cascade-regression ({method.router}): threshold {method.knob_:.4g}; test MAE {out.mae:.3f} deg "
         f"({op['test_mae_vs_teacher_pct']:+.2f}% vs the teacher), {out.mean_flops / 1e6:.2f} MFLOPs ({saving:.2f}x "
         f"fewer than the teacher), the student keeps {100 * out.student_share:.1f}%")
 
@@ -106,7 +106,7 @@ def evaluate_regression(cfg, method: RegressionCascade, log=print) -> TaskEvalua
     tm = measured["timing"]
     log(f"[time] {tm['images']} test images at batch {task.batch}, {tm['rounds']} interleaved rounds: runtime "
         f"{tm['ms']['runtime']:.0f} ms, teacher {tm['ms']['teacher']:.0f} ms ({tm['speedup']:.2f}x)")
-    results = {"method": method.name, "params": method.get_params(), "knob": finite(method.knob_), "task": "regression",
+    results = {"method": method.name, "params": method.get_params(), "knob": method.knob_, "task": "regression",
                "task_settings": task, "operating_point": op, "agreement": agree, **measured,
                "models": {r: {k: metas[r].get(k) for k in ("model_kwargs", "recipe", "test_mae", "calib_mae", "flops",
                                                           "params", "train_seconds", "checkpoint")} for r in metas},
@@ -126,7 +126,7 @@ def _sections(ev: TaskEvaluation) -> list[Section]:
     r, task = ev.results, ev.extra["task"]
     op, ag, tm, en = r["operating_point"], r["agreement"], r["timing"], r["energy"]
     cs, ct = ev.extra["costs"]
-    head = (f"- Router `{op['router']}`, threshold `{_num(op['threshold'])}` chosen on {len(ev.calib)} calibration images: "
+    head = (f"- Router `{op['router']}`, threshold `{op['threshold']:.4g}` chosen on {len(ev.calib)} calibration images: "
             f"the cheapest point whose calibration MAE ({op['calib_mae']:.3f} deg) is at most the teacher's "
             f"({op['calib_teacher_mae']:.3f} deg) x {1 + op['tolerance']:g}.\n"
             f"- Test ({len(ev.test)} images): MAE **{op['test_mae']:.3f} deg** vs the teacher's {op['test_teacher_mae']:.3f} "
@@ -220,10 +220,10 @@ def _figures(ev: TaskEvaluation, cfg: RegressionFigures, log) -> list[Section]:
         c = RegressionCascade(router=r, tolerance=tol, seed=m.seed).fit(calib)
         o = c.simulate(test)
         fitted[r], curves[r] = c, c.curve(test)
-        res[r] = {"threshold": finite(c.threshold_), "calib_mae": c.calib_mae_, "test_mae": o.mae,
+        res[r] = {"threshold": c.knob_, "calib_mae": c.calib_mae_, "test_mae": o.mae,
                   "test_mean_flops": o.mean_flops, "test_student_share": o.student_share,
                   "flops_ratio_vs_teacher": ct / o.mean_flops, "test_mae_vs_teacher_pct": 100 * (o.mae / t_mae - 1)}
-        rows.append([r, f"{c.threshold_:.4g}", f"{c.calib_mae_:.3f}", f"{o.mae:.3f}", f"{res[r]['test_mae_vs_teacher_pct']:+.2f}",
+        rows.append([r, f"{c.knob_:.4g}", f"{c.calib_mae_:.3f}", f"{o.mae:.3f}", f"{res[r]['test_mae_vs_teacher_pct']:+.2f}",
                      f"{o.mean_flops / 1e6:.2f}", f"{ct / o.mean_flops:.2f}", f"{100 * o.student_share:.1f}"])
         i = curves[r].cheapest_at(-t_mae * (1 + tol))  # read off the test curve: not a deployable choice
         hindsight[r] = {"mean_flops": float(curves[r].cost[i]), "flops_ratio_vs_teacher": ct / float(curves[r].cost[i])}

@@ -6,4 +6,5 @@ from .regression import RegressionCascade, RegressionOutputs  # noqa: E402  (EBJ
 from .detection import DetectionCascade, DetectionRecord  # noqa: E402  (EBJR for detection, section 2.3)
 from . import figures  # noqa: E402,F401  (registers the cascade's own figures)
 
-__all__ = ["Cascade", "DetectionCascade", "DetectionRecord", "ROUTERS", "RegressionCascade", "RegressionOutputs", "SpecialisedCascade", "chains"]
+__all__ = ["Cascade", "DetectionCascade", "DetectionRecord", "ROUTERS", "RegressionCascade", "RegressionOutputs",
+           "SpecialisedCascade", "chains"]

@@ -155,8 +155,6 @@ class DetectionRuntime:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> RoutedDetections:
-        if torch.is_tensor(images) and images.ndim == 4 and images.shape[0] == 0:  # nothing to detect
-            return RoutedDetections([], torch.zeros(0, dtype=torch.bool), torch.zeros(0))
         from ...runtime.validate import check_batch
 
         images = check_batch(images, None, where="detection cascade")
@@ -189,7 +187,7 @@ class DetectionCascade(RoutedCascade):
         backend: torchmetrics' COCO backend (``pycocotools`` or ``faster_coco_eval``).
 
     Attributes (after :meth:`fit`):
-        threshold_ (= knob_): the student keeps an image when its score >= threshold_ (float32 comparison).
+        knob_: the threshold: the student keeps an image when its score >= knob_ (float32 comparison).
         calib_curve_: the calibration sweep (``accuracy`` is the mAP).
         teacher_calib_map_, calib_map_, calib_share_forwarded_, calib_mean_flops_: calibration figures.
     """
@@ -235,7 +233,7 @@ class DetectionCascade(RoutedCascade):
 
     def simulate(self, record: DetectionRecord, knob: float | None = None) -> DetectionOutcome:
         """The policy on a record at threshold ``knob`` (default: the fitted one)."""
-        t = self._threshold(knob)
+        t = self._knob(knob)
         alone = self._teacher_alone(knob)  # the student does not run
         keep = np.zeros(record.n, bool) if alone else self.score(record) >= np.float32(t)
         m = record.metrics(keep, self.backend)
@@ -250,7 +248,7 @@ class DetectionCascade(RoutedCascade):
 
         ``paths``: the student and the teacher detector (a two-path :class:`~dyninfer.paths.ModulePool`, cheapest
         first, or a ``(student, teacher)`` pair); ``device``: where they run (default: where they are)."""
-        threshold = self._threshold(knob)
+        threshold = self._knob(knob)
         student, teacher = self.pair(paths)
         if device is not None:
             student, teacher = student.to(device), teacher.to(device)

@@ -159,9 +159,9 @@ class RegressionCascade(RoutedCascade):
         seed: seed of the ``random`` router's draws.
 
     Attributes (after :meth:`fit`):
-        threshold_ (= knob_): the student keeps a sample when its score >= threshold_ (float32 comparison).
+        knob_: the threshold: the student keeps a sample when its score >= knob_ (float32 comparison).
         calib_curve_: the calibration sweep (``accuracy`` is minus the MAE).
-        calib_mae_, teacher_calib_mae_, calib_flops_, student_share_: the calibration figures at threshold_.
+        calib_mae_, teacher_calib_mae_, calib_flops_, student_share_: the calibration figures at knob_.
     """
 
     task = "regression"
@@ -192,18 +192,18 @@ class RegressionCascade(RoutedCascade):
         i = c.cheapest_at(-teacher * (1 + self.tolerance))
         if i is None:  # unreachable: the forward-all point meets it
             raise ConfigError("no threshold reaches the teacher's calibration MAE")
-        self._fitted(c, i, calib.costs[1], calib_mae_=-float(c.accuracy[i]), teacher_calib_mae_=teacher, calib_flops_=float(c.cost[i]),
-                     student_share_=1.0 - float(c.extra["reach"][i, 1]))
+        self._fitted(c, i, calib.costs[1], calib_mae_=-float(c.accuracy[i]), teacher_calib_mae_=teacher,
+                     calib_flops_=float(c.cost[i]), student_share_=1.0 - float(c.extra["reach"][i, 1]))
         return self
 
     def simulate(self, outputs: RegressionOutputs, knob: float | None = None) -> RegressionOutcome:
         """What the cascade does on recorded ``outputs`` at threshold ``knob`` (default: the fitted one)."""
-        t = np.float32(self._threshold(knob))
-        keep = self.scores(outputs) >= t
+        t = np.float32(self._knob(knob))
         if self._teacher_alone(knob):  # the student does not run
             by = np.ones(len(outputs), np.int64)
             return RegressionOutcome(outputs.teacher[:, PREDICTION].copy(), by, outputs.costs[1] * by.astype(float),
                                      outputs.targets)
+        keep = self.scores(outputs) >= t
         pred = np.where(keep, outputs.student[:, PREDICTION], outputs.teacher[:, PREDICTION])
         by = (~keep).astype(np.int64)
         return RegressionOutcome(pred, by, outputs.costs[0] + by * outputs.costs[1], outputs.targets)
@@ -222,7 +222,7 @@ class RegressionCascade(RoutedCascade):
         Raises:
             ConfigError: the ``random`` router (its draws belong to recorded outputs, not to images).
         """
-        threshold = self._threshold(knob)
+        threshold = self._knob(knob)
         if self.router not in SCORES:
             raise ConfigError(f"router {self.router!r} has no score on a model's output and only runs in simulation; "
                               f"use one of {sorted(SCORES)} for a runtime")

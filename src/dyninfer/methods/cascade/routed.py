@@ -24,8 +24,8 @@ from ..base import Method, _curve_dict, _curve_from, _jsonable, _num
 
 
 class RoutedCascade(Method):
-    """A student answers when its router's score reaches the threshold ``knob_`` (also ``threshold_``); the teacher
-    answers the rest, and a forwarded input pays both models.
+    """A student answers when its router's score reaches the threshold ``knob_``; the teacher answers the rest, and a
+    forwarded input pays both models.
 
     A family sets ``task`` and ``calib_fields`` (the calibration figures ``fit`` stores besides the threshold and
     the calibration curve, all saved with it).
@@ -48,10 +48,6 @@ class RoutedCascade(Method):
                               f"input on the student, inf sends every input to the teacher), got {value!r}")
         return float(value)
 
-    def _threshold(self, knob: Any) -> float:
-        """``knob`` checked when given, else the fitted threshold (NotFittedError when there is none)."""
-        return self._knob(knob)
-
     def _teacher_alone(self, knob: Any) -> bool:
         """Whether the policy at ``knob`` runs the teacher alone (the fitted point, when it is not cheaper)."""
         return knob is None and self.teacher_alone_
@@ -62,7 +58,7 @@ class RoutedCascade(Method):
     def _fitted(self, curve: Curve, i: int, teacher_cost: float, **calib: float) -> None:
         """Store point ``i`` of the calibration ``curve`` as the operating point, with its calibration figures
         (``teacher_cost``: the teacher's FLOPs alone)."""
-        self.knob_ = self.threshold_ = float(curve.settings[i, 0])
+        self.knob_ = float(curve.settings[i, 0])
         self.calib_curve_ = curve
         self.teacher_alone_ = bool(curve.cost[i] >= teacher_cost)
         for k, v in calib.items():
@@ -89,7 +85,7 @@ class RoutedCascade(Method):
                  **{k: _jsonable(getattr(self, k)) for k in self.calib_fields}}, {})
 
     def _set_state(self, state: dict, tensors: dict) -> None:
-        self.knob_ = self.threshold_ = self.check_knob(_num(state["knob_"]))
+        self.knob_ = self.check_knob(_num(state["knob_"]))
         self.calib_curve_ = _curve_from(state["calib_curve_"])
         if not isinstance(state["teacher_alone_"], bool):
             raise ValueError(f"teacher_alone_ must be true or false, got {state['teacher_alone_']!r}")
