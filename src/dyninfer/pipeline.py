@@ -41,6 +41,7 @@ from .report.tables import markdown_table
 from .report.writer import Section, provenance, write_report
 from .runtime.cost import (CLOCKS, DEFAULT_CPU_WATTS_PER_THREAD, DEFAULT_GRID_G_PER_KWH, count_flops,
                            energy_per_sample, interleaved_latency, paired_overhead, torch_threads)
+from .tasks import detection as _detection, regression as _regression  # noqa: F401  (task figures)
 from .tasks import run_task
 from .trace import Trace
 

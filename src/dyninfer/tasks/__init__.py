@@ -101,10 +101,11 @@ def check_routers(routers, known: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_task(task: str, cfg, method, log: Callable[[str], None] = print) -> TaskEvaluation:
-    """The steps of ``task`` (registered by :mod:`dyninfer.tasks.regression` and :mod:`dyninfer.tasks.detection`)."""
+    """The steps of ``task`` (registered by :mod:`dyninfer.tasks.regression` and :mod:`dyninfer.tasks.detection`,
+    which :mod:`dyninfer.pipeline` imports; imported here too for a caller without it)."""
+    from . import detection, regression  # noqa: F401  (a lazy import: the submodules import this package)
+
     return TASKS.get(task)(cfg, method, log)
 
 
 __all__ = ["TASKS", "TaskEvaluation", "batches_of", "check_routers", "run_task", "time_beside_teacher"]
-
-from . import detection, regression  # noqa: E402,F401  (register the task steps and the methods' own figures)
