@@ -48,6 +48,14 @@ def test_darts_and_predictor_from_the_command_line(digits_bigsmall, tmp_path):
     assert main(["search", "darts", *COMMON, "--out", str(out), "--epochs", "1", "--steps-per-epoch", "3"]) == 0
     res = json.loads((out / "search.json").read_text())
     assert res["epochs_done"] == 1 and len(res["trajectory"]) == 1 and res["best"]["flops"] > 0
+    assert res["settings"]["first_order"] and res["settings"]["objective"] == "flops"
+    # second order, with the latency of measured blocks as its cost: the scored pair carries its latency
+    out = tmp_path / "darts2"
+    assert main(["search", "darts", *COMMON, "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--darts-order", "2", "--objective", "latency"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert not res["settings"]["first_order"] and res["settings"]["objective"] == "latency"
+    assert res["trajectory"][0]["expected_latency"] > 0 and res["best"]["latency_ms"] > 0
     out = tmp_path / "pred"
     assert main(["search", "predictor", *COMMON, "--out", str(out), "--measure", "8", "--candidates", "50",
                  "--remeasure", "2"]) == 0
@@ -64,5 +72,7 @@ def test_darts_and_predictor_from_the_command_line(digits_bigsmall, tmp_path):
 def test_bad_search_settings_are_refused(digits_bigsmall, tmp_path, capsys):
     assert main(["search", "evolution", *COMMON[:4], "--eval-images", "0", "--out", str(tmp_path)]) == 2
     assert "--eval-images must be an integer" in capsys.readouterr().err
-    assert main(["search", "darts", *COMMON, "--objective", "latency", "--out", str(tmp_path)]) == 2
-    assert "--objective latency is the evolutionary search's" in capsys.readouterr().err
+    assert main(["search", "predictor", *COMMON, "--objective", "latency", "--out", str(tmp_path)]) == 2
+    assert "--objective latency is for evolution and darts" in capsys.readouterr().err
+    assert main(["search", "darts", *COMMON, "--darts-order", "3", "--out", str(tmp_path)]) == 2
+    assert "--darts-order must be 1 (first-order DARTS) or 2" in capsys.readouterr().err

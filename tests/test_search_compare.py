@@ -103,7 +103,7 @@ def test_run_strategy_is_the_cli_core_and_checks_its_settings(trained, digits, t
     assert json.loads((tmp_path / "search.json").read_text())["best"] == tight["best"]
     with pytest.raises(ConfigError, match="unknown search settings"):
         run_strategy("darts", net, digits, settings=TINY, populaton=3)
-    with pytest.raises(ConfigError, match="objective latency is the evolutionary search's"):
+    with pytest.raises(ConfigError, match="objective latency is for evolution and darts"):
         run_strategy("predictor", net, digits, settings=TINY, objective="latency")
     with pytest.raises(ConfigError, match="strategy must be one of"):
         run_strategy("random", net, digits, settings=TINY)

@@ -9,9 +9,10 @@ scored by the dynamic system's accuracy and expected cost.
   journal file (:func:`evolutionary_search`; needs the ``search`` extra);
 * :mod:`~dyninfer.search.predictor` — once-for-all style: an MLP accuracy predictor trained on measured pairs,
   then Pareto-optimal pairs chosen from many sampled ones without further training (:func:`predictor_search`);
-* :mod:`~dyninfer.search.darts` — DARTS style (first order): a continuous relaxation of every choice of the pair,
-  architecture weights on the validation split and network weights on the training split, then the argmax pair
-  (:func:`darts_search`, resumable per epoch);
+* :mod:`~dyninfer.search.darts` — DARTS style (first or second order): a continuous relaxation of every choice of
+  the pair, architecture weights on the validation split and network weights on the training split, the cost
+  term in expected FLOPs or expected latency from the block table, then the argmax pair (:func:`darts_search`,
+  resumable per epoch);
 * :mod:`~dyninfer.search.compare` — one strategy run as ``dyninfer search`` runs it (:func:`run_strategy`), and
   all of them on one supernet compared at a FLOPs budget (:func:`compare_strategies`, :func:`comparison_table`;
   paper 5.3), their settings in :class:`SearchSettings`.
@@ -19,7 +20,7 @@ scored by the dynamic system's accuracy and expected cost.
 
 from .compare import (SMALL, STRATEGIES, SearchSettings, compare_strategies, comparison_table, run_strategy,
                       supernet_fingerprint)
-from .darts import ArchParameters, DartsResult, darts_search, expected_flops, relaxed_logits
+from .darts import ArchParameters, DartsResult, darts_search, expected_flops, expected_latency, relaxed_logits
 from .evolution import SearchResult, evolutionary_search
 from .fitness import (OBJECTIVES, LatencyTable, PairEvaluator, PairRecord, dominates, hypervolume, json_safe,
                       pareto_indices)
@@ -27,6 +28,7 @@ from .predictor import AccuracyPredictor, PredictorResult, one_hot, ordinal, pre
 
 __all__ = ["OBJECTIVES", "SMALL", "STRATEGIES", "AccuracyPredictor", "ArchParameters", "DartsResult", "LatencyTable",
            "PairEvaluator", "PairRecord", "PredictorResult", "SearchResult", "SearchSettings", "compare_strategies",
-           "comparison_table", "darts_search", "dominates", "evolutionary_search", "expected_flops", "hypervolume",
+           "comparison_table", "darts_search", "dominates", "evolutionary_search", "expected_flops", "expected_latency",
+           "hypervolume",
            "json_safe", "one_hot", "ordinal", "pareto_indices", "predictor_search", "relaxed_logits", "run_strategy",
            "supernet_fingerprint", "train_predictor"]

@@ -2,7 +2,7 @@
 5.3 "NAS strategy comparison").
 
 * :func:`run_strategy` — one strategy (``evolution``: Optuna's NSGA-II; ``predictor``: once-for-all accuracy
-  predictor; ``darts``: first-order DARTS) on a trained :class:`~dyninfer.models.bigsmall.BigSmallSupernet`, its
+  predictor; ``darts``: DARTS, first or second order) on a trained :class:`~dyninfer.models.bigsmall.BigSmallSupernet`, its
   pairs scored by a :class:`~dyninfer.search.fitness.PairEvaluator` on the calibration split under the confidence
   router. Returns (and, with ``folder``, writes atomically to ``folder/search.json``) the JSON ``dyninfer search``
   writes: every scored pair, the front or the chosen pair, the best pair within a FLOPs budget, the search cost.
@@ -43,7 +43,7 @@ from .fitness import LatencyTable, PairEvaluator, PairRecord, json_safe, pareto_
 STRATEGIES = ("evolution", "predictor", "darts")
 COMPARE_FORMAT = "dyninfer-bigsmall-search-comparison-1"
 NAMES = {"evolution": "Evolutionary (NSGA-II)", "predictor": "OFA-style (accuracy predictor)",
-         "darts": "DARTS (first order)"}
+         "darts": "DARTS"}
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,14 @@ class SearchSettings:
         threshold: τ of the confidence router (keep the little answer where its max-softmax >= τ).
         eval_images: calibration images that score a pair.
         bn_images: training images that re-estimate a pair's batch norms.
-        objective: evolution's cost, ``flops`` or ``latency`` (a table of measured blocks; evolution only).
+        objective: the cost evolution minimises and DARTS's cost term weighs: ``flops`` or ``latency`` (a table of
+            measured blocks); the predictor ranks by FLOPs only.
         population, generations: evolution's pairs per generation and generations.
         measure, candidates, remeasure: the predictor's measured pairs, pairs ranked by prediction, and chosen
             pairs measured afterwards.
         epochs, steps_per_epoch, eta: DARTS's epochs, steps per epoch (None: one pass over the training split)
             and weight of the expected-cost term.
+        darts_order: 1 (first-order DARTS) or 2 (second-order: through one unrolled weight step).
     """
 
     threshold: float = 0.9
@@ -74,10 +76,11 @@ class SearchSettings:
     epochs: int = 3
     steps_per_epoch: int | None = None
     eta: float = 1.0
+    darts_order: int = 1
 
     def check(self, strategy: str | None = None, *, flags: bool = False) -> "SearchSettings":
         """Raise a ConfigError for a bad setting (named as the CLI flag with ``flags``), or for the latency
-        objective with another strategy than ``evolution``; returns self."""
+        objective with the predictor; returns self."""
         def name(field: str) -> str:
             return f"--{field.replace('_', '-')}" if flags else field
 
@@ -87,14 +90,17 @@ class SearchSettings:
         number(name("threshold"), self.threshold, lo=0)
         number(name("steps_per_epoch"), self.steps_per_epoch, lo=1, integer=True, none_ok=True)
         number(name("eta"), self.eta, lo=0)
+        if self.darts_order not in (1, 2):
+            raise ConfigError(f"{name('darts_order')} must be 1 (first-order DARTS) or 2 (second-order), got "
+                              f"{self.darts_order!r}")
         if self.objective not in ("flops", "latency"):
             raise ConfigError(f"{name('objective')} must be one of ['flops', 'latency'], got {self.objective!r}")
         if strategy is not None:
             if strategy not in STRATEGIES:
                 raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-            if self.objective == "latency" and strategy != "evolution":
-                raise ConfigError(f"{name('objective')} latency is the evolutionary search's; {strategy} minimises "
-                                  f"FLOPs")
+            if self.objective == "latency" and strategy == "predictor":
+                raise ConfigError(f"{name('objective')} latency is for evolution and darts; the predictor ranks "
+                                  f"pairs by FLOPs")
         return self
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -212,7 +218,7 @@ def run_strategy(strategy: str, net: BigSmallSupernet, data: Any, *, settings: S
     else:
         r = darts_search(net, data.train, calib, epochs=s.epochs, eta=s.eta, threshold=s.threshold, evaluator=ev,
                          folder=state, seed=seed, steps_per_epoch=s.steps_per_epoch, signature=signature, log=log,
-                         progress=progress)
+                         progress=progress, order=s.darts_order, latency_table=table)
         res.update(r.as_dict())
         pool = [r.record] if r.record is not None else []
     best = _best(pool, budget_flops)
@@ -282,9 +288,9 @@ def compare_strategies(net: BigSmallSupernet, data: Any, *, strategies: Sequence
     if not strategies or any(s not in STRATEGIES for s in strategies) or len(set(strategies)) != len(strategies):
         raise ConfigError(f"strategies must be distinct names from {list(STRATEGIES)}, got {strategies}")
     s = _settings(settings if settings is not None else SMALL, overrides).check()
-    if s.objective == "latency" and strategies != ["evolution"]:
-        raise ConfigError("the strategies are compared at a FLOPs budget: objective must be 'flops' "
-                          "(latency is the evolutionary search's alone)")
+    if s.objective == "latency" and "predictor" in strategies:
+        raise ConfigError("objective 'latency' is for evolution and darts; the predictor ranks pairs by FLOPs: "
+                          "compare without it, or with objective 'flops'")
     number("budget_flops", budget_flops, lo=0, lo_open=True, none_ok=True)
     if not isinstance(net, BigSmallSupernet):
         raise ConfigError(f"compare_strategies needs a BigSmallSupernet, got {type(net).__name__}")
@@ -305,7 +311,9 @@ def compare_strategies(net: BigSmallSupernet, data: Any, *, strategies: Sequence
         front = [pts[i] for i in pareto_indices([(p["accuracy"], p["flops"]) for p in pts])] if pts else []
         best = res["best"]
         cost = res["search_cost"]
-        row = {"strategy": strategy, "name": NAMES[strategy],
+        name = NAMES[strategy] + (f" ({'first' if s.darts_order == 1 else 'second'} order)"
+                                  if strategy == "darts" else "")
+        row = {"strategy": strategy, "name": name,
                "best_accuracy": best["accuracy"] if best else None,
                "best_flops": best["flops"] if best else None,
                "best_mflops": best["flops"] / 1e6 if best else None,

@@ -41,11 +41,29 @@ not taught to look confident); ``E[F]`` the expected FLOPs above (a forwarded im
 the whole big one, as :class:`~dyninfer.search.fitness.PairEvaluator` charges it); ``F_big,max`` the largest big
 subnet's FLOPs, so η weighs a fraction of the largest model's cost against nats.
 
-**Bi-level optimisation** (:func:`darts_search`), *first-order* DARTS: per step, α takes an Adam step on the loss
-of a validation batch (the network weights fixed; no second-order unrolling of the inner step), then the network
-weights take an SGD step (momentum 0.9) on the cross-entropy terms of a training batch through the relaxed
-network (α fixed; the cost term does not depend on the weights). ``weight_lr=0`` keeps the supernet's weights and
-searches α only. The search works on a **copy** of the supernet (``update_supernet=True`` copies the searched
+**Latency instead of FLOPs.** Given a :class:`~dyninfer.search.fitness.LatencyTable` (measured block latencies),
+the cost term is the expected *latency* of the relaxed pair instead (:func:`expected_latency`: each block's
+measured time weighted by the probability of its configuration, stem and head included; at a one-hot α it is the
+table's :meth:`~dyninfer.search.fitness.LatencyTable.predict`), normalised by the largest big subnet's predicted
+latency: ``(E[T_little] + r · E[T_big]) / T_big,max``. The table is filled before the first step (every block
+the relaxed mixture can run), and the time spent timing blocks counts as search cost.
+
+**Bi-level optimisation** (:func:`darts_search`): per step, α takes an Adam step on the loss of a validation batch,
+then the network weights take an SGD step (momentum 0.9) on the cross-entropy terms of a training batch through
+the relaxed network (α fixed; the cost term does not depend on the weights). ``weight_lr=0`` keeps the
+supernet's weights and searches α only. α's gradient (:func:`architecture_gradient`) is
+
+* ``order=1`` (first-order DARTS): ``∇_α L_val(w, α)``, the weights as they are;
+* ``order=2`` (second-order DARTS, the paper's eq. 7): the gradient at the weights after one unrolled step
+  ``w' = w − ξ ∇_w L_train(w, α)`` (ξ = ``weight_lr``; a plain gradient step, as DARTS unrolls it),
+  ``∇_α L_val(w', α) − ξ ∇²_{α,w} L_train(w, α) · ∇_{w'} L_val(w', α)``. DARTS approximates the second term
+  by central finite differences at ``w ± ε ∇_{w'} L_val``; here it is the exact Hessian-vector product (the
+  α-gradient of ``<∇_w L_train, ∇_{w'} L_val>``, double backward through the relaxed network), because on the
+  co-trained supernets the finite difference at DARTS's ``ε = 0.01 / ‖∇_{w'} L_val‖`` was off by more than the
+  term itself (the relaxed loss, batch-normalised over small batches, is rough in the weights). A step costs
+  about three times a first-order one. The weights and batch-norm statistics are restored after it.
+
+The search works on a **copy** of the supernet (``update_supernet=True`` copies the searched
 weights back). The network runs in train mode (batch statistics in the switchable batch norms, as DARTS does).
 After the last epoch each field's argmax gives the discrete pair (:meth:`ArchParameters.pair`), checked by
 :meth:`~dyninfer.models.bigsmall.SearchSpace.check_pair` and, given a
@@ -83,11 +101,13 @@ from ..models.bigsmall import FIELDS, HEADS, BigSmallSupernet, PairConfig, Subne
 from ..models.elastic import scaled
 from ..runtime.cost import model_device
 from ..train.trainer import shuffled_batches
-from .fitness import PairEvaluator, PairRecord
+from .fitness import LatencyTable, PairEvaluator, PairRecord, block_key
 
 STATE_FORMAT = "dyninfer-bigsmall-darts-state-1"
 RESULT_FORMAT = "dyninfer-bigsmall-darts-1"
 STATE = "state.pt"
+# settings added after states were first written: an older state holds them at these values
+_ADDED_SETTINGS = {"objective": "flops", "latency_batch": None}
 RESULT = "result.json"
 
 Probs = list[dict[str, torch.Tensor]]  # per stage: field -> (n_choices,) probabilities
@@ -314,6 +334,57 @@ def expected_flops(net: BigSmallSupernet, probs: Probs, head: str) -> torch.Tens
     return total + 2.0 * hd.fc.in_features * hd.fc.out_features
 
 
+def expected_latency(net: BigSmallSupernet, probs: Probs, head: str, table: LatencyTable,
+                     batch: int = 1) -> torch.Tensor:
+    """Expected latency (ms per call of ``batch`` images; a float64 scalar, differentiable in the probabilities)
+    of the relaxed subnet of ``head``: the table's stem, each block weighted by the probability of its
+    configuration (the stage deep enough to run it, its input and output widths, expansion and kernel, drawn
+    independently with ``probs``) and the head weighted by the last width's probabilities. Equal to
+    ``table.predict(cfg, batch)`` at one-hot probabilities. Blocks missing from the table are timed first."""
+    sp = net.space
+    if head not in HEADS or len(probs) != sp.stages_of(head):
+        raise ConfigError(f"expected_latency takes the {sp.stages_of(head) if head in HEADS else '?'} stages of "
+                          f"head little or big; got head {head!r} and {len(probs)} stages")
+    if not isinstance(table, LatencyTable) or table.supernet is not net:
+        raise ConfigError("expected_latency needs a LatencyTable built for this supernet (LatencyTable(net))")
+    batch = table.check_batch(batch)
+    dev = probs[0]["width"].device
+    # the entries each term reads: per stage, layer 0 by (input width, output width, expansion, kernel), later
+    # layers by (width, expansion, kernel); then the head by the last width
+    terms: list[tuple[int, int, np.ndarray]] = []
+    cins = [net.stem_channels]
+    for s in range(len(probs)):
+        outs = [scaled(net.channels[s], w) for w in sp.widths]
+        for j in range(max(sp.depths)):
+            grid = np.empty((len(cins) if j == 0 else 1, len(outs), len(sp.expands), len(sp.kernels)), dtype=object)
+            for a, c in enumerate(cins if j == 0 else [None]):
+                for b, o in enumerate(outs):
+                    cin = o if c is None else c
+                    for e, x in enumerate(sp.expands):
+                        for k, kk in enumerate(sp.kernels):
+                            grid[a, b, e, k] = block_key(s, j, cin, expanded(cin, x), o, kk)
+            terms.append((s, j, grid))
+        cins = outs
+    heads = [f"head:{head}:{c}" for c in cins]
+    table.measure(["stem", *heads, *(k for _, _, g in terms for k in g.flat)])
+    ms = np.vectorize(lambda k: table.entries[k][batch], otypes=[np.float64])
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=dev)  # noqa: E731
+    total = t(table.entries["stem"][batch])
+    p_cin = t([1.0])
+    for s, j, grid in terms:
+        ps = probs[s]
+        pw, pd, pk, pe = (ps[f].double() for f in ("width", "depth", "kernel", "expand"))
+        active = sum(pd[i] for i, d in enumerate(sp.depths) if d > j)  # P(depth > j)
+        lat = t(ms(grid))  # (inputs, widths, expansions, kernels)
+        if j == 0:
+            total = total + active * torch.einsum("c,w,e,k,cwek->", p_cin, pw, pe, pk, lat)
+        else:
+            total = total + active * torch.einsum("w,e,k,wek->", pw, pe, pk, lat[0])
+        if j == max(sp.depths) - 1:
+            p_cin = pw
+    return total + p_cin @ t([table.entries[k][batch] for k in heads])
+
+
 # ---------------------------------------------------------------------------------------- the loss
 
 @dataclass
@@ -323,17 +394,22 @@ class DartsLoss:
     loss: torch.Tensor
     ce_little: float
     ce_big: float
-    cost: float  # (E[F_little] + r E[F_big]) / F_big,max
+    cost: float  # (E[C_little] + r E[C_big]) / C_big,max, C FLOPs or latency
     forward_rate: float  # r
     flops_little: float  # E[F_little]
     flops_big: float  # E[F_big]
+    latency_little: float | None = None  # E[T_little] (ms), with a latency table
+    latency_big: float | None = None  # E[T_big]
 
 
 def darts_loss(net: BigSmallSupernet, arch: ArchParameters, x: torch.Tensor, y: torch.Tensor, *, eta: float,
                threshold: float, little_weight: float = 1.0, big_weight: float = 1.0,
-               max_flops: float | None = None) -> DartsLoss:
+               max_flops: float | None = None, latency_table: LatencyTable | None = None, latency_batch: int = 1,
+               max_latency: float | None = None) -> DartsLoss:
     """The dynamic system's loss on a batch (see the module doc): weighted cross-entropies of both relaxed heads
-    plus η times the expected cost normalised by ``max_flops`` (default: the largest big subnet's FLOPs)."""
+    plus η times the expected cost: FLOPs normalised by ``max_flops`` (default: the largest big subnet's FLOPs),
+    or, with ``latency_table``, latency at ``latency_batch`` normalised by ``max_latency`` (default: the largest
+    big subnet's predicted latency)."""
     stem = net.stem(net.normalize(x))
     pl, pb = arch.probs("little"), arch.probs("big")
     little = relaxed_logits(net, x, pl, "little", stem=stem)  # (B, K)
@@ -342,11 +418,91 @@ def darts_loss(net: BigSmallSupernet, arch: ArchParameters, x: torch.Tensor, y: 
     with torch.no_grad():
         r = (torch.softmax(little.float(), 1).max(1).values < threshold).float().mean()
     fl, fb = expected_flops(net, pl, "little"), expected_flops(net, pb, "big")
-    fmax = float(max_flops if max_flops is not None else net.flops(net.space.max_subnet("big")))
-    cost = (fl + r.double() * fb) / fmax
+    tl = tb = None
+    if latency_table is None:
+        cmax = float(max_flops if max_flops is not None else net.flops(net.space.max_subnet("big")))
+        cost = (fl + r.double() * fb) / cmax
+    else:
+        tl = expected_latency(net, pl, "little", latency_table, latency_batch)
+        tb = expected_latency(net, pb, "big", latency_table, latency_batch)
+        cmax = float(max_latency if max_latency is not None
+                     else latency_table.predict(net.space.max_subnet("big"), latency_batch))
+        cost = (tl + r.double() * tb) / cmax
     loss = little_weight * ce_l + big_weight * ce_b + eta * cost.float()
     return DartsLoss(loss, float(ce_l.detach()), float(ce_b.detach()), float(cost.detach()), float(r),
-                     float(fl.detach()), float(fb.detach()))
+                     float(fl.detach()), float(fb.detach()), None if tl is None else float(tl.detach()),
+                     None if tb is None else float(tb.detach()))
+
+
+def _train_loss(net: BigSmallSupernet, arch: ArchParameters, x: torch.Tensor, y: torch.Tensor,
+                little_weight: float, big_weight: float, *, alpha_grad: bool) -> torch.Tensor:
+    """The weighted cross-entropies of both relaxed heads on a training batch (the weights' loss)."""
+    with torch.set_grad_enabled(alpha_grad):
+        pl, pb = arch.probs("little"), arch.probs("big")
+    stem = net.stem(net.normalize(x))
+    return little_weight * F.cross_entropy(relaxed_logits(net, x, pl, "little", stem=stem), y) \
+        + big_weight * F.cross_entropy(relaxed_logits(net, x, pb, "big", stem=stem), y)
+
+
+def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d params, zeros for a parameter the loss does not use."""
+    gs = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+
+
+def architecture_gradient(net: BigSmallSupernet, arch: ArchParameters, val: tuple[torch.Tensor, torch.Tensor],
+                          train: tuple[torch.Tensor, torch.Tensor] | None = None, *, order: int = 1,
+                          xi: float = 0.0, weights: Sequence[torch.Tensor] | None = None,
+                          **loss_kw: Any) -> tuple[DartsLoss, list[torch.Tensor]]:
+    """α's gradient for one architecture step (see the module doc), in the order of ``arch.parameters()``.
+
+    Args:
+        val: the validation batch ``(x, y)`` of :func:`darts_loss`.
+        train: the training batch of the unrolled step (``order=2`` only).
+        order: 1 (first-order DARTS) or 2 (second-order: one unrolled weight step of size ``xi``, the mixed
+            second derivative as an exact Hessian-vector product).
+        weights: the network weights unrolled (default: every parameter of ``net`` that requires a gradient).
+        loss_kw: :func:`darts_loss`'s keywords (``eta``, ``threshold``, the head weights, the cost's scale).
+
+    Returns:
+        The validation loss's terms (at the unrolled weights for ``order=2``) and the gradient.
+    """
+    alphas = list(arch.parameters())
+    if order == 1:
+        out = darts_loss(net, arch, *val, **loss_kw)
+        return out, _grads(out.loss, alphas)
+    if order != 2:
+        raise ConfigError(f"order must be 1 (first-order DARTS) or 2 (second-order), got {order!r}")
+    if train is None or not xi > 0:
+        raise ConfigError("second-order DARTS unrolls a weight step: it needs a training batch and xi > 0")
+    weights = [p for p in net.parameters() if p.requires_grad] if weights is None else list(weights)
+    lw, bw = loss_kw.get("little_weight", 1.0), loss_kw.get("big_weight", 1.0)
+    w0 = [p.detach().clone() for p in weights]
+    buffers = [b.detach().clone() for b in net.buffers()]
+    try:
+        g_train = _grads(_train_loss(net, arch, *train, lw, bw, alpha_grad=False), weights)
+        with torch.no_grad():
+            for p, w, g in zip(weights, w0, g_train):
+                p.copy_(w - xi * g)  # w' = w − ξ ∇_w L_train(w, α)
+        out = darts_loss(net, arch, *val, **loss_kw)
+        g = _grads(out.loss, alphas + weights)
+        d_alpha, d_w = g[:len(alphas)], g[len(alphas):]
+        with torch.no_grad():
+            for p, w in zip(weights, w0):
+                p.copy_(w)
+        # ∇²_{α,w} L_train(w, α) · ∇_{w'} L_val: the α-gradient of <∇_w L_train(w, α), ∇_{w'} L_val> (Pearlmutter)
+        g_train = torch.autograd.grad(_train_loss(net, arch, *train, lw, bw, alpha_grad=True), weights,
+                                      create_graph=True, allow_unused=True)
+        dot = sum((gt * d).sum() for gt, d in zip(g_train, d_w) if gt is not None)
+        if isinstance(dot, torch.Tensor) and dot.requires_grad:
+            d_alpha = [da - xi * h for da, h in zip(d_alpha, _grads(dot, alphas))]
+    finally:
+        with torch.no_grad():
+            for p, w in zip(weights, w0):
+                p.copy_(w)
+            for b, v in zip(net.buffers(), buffers):
+                b.copy_(v)
+    return out, d_alpha
 
 
 # ---------------------------------------------------------------------------------------- the search
@@ -361,7 +517,8 @@ class DartsResult:
     (``epoch`` (1-based), ``val_loss``, ``ce_little``, ``ce_big``, ``cost``, ``forward_rate`` (means over the
     epoch's α steps), ``train_loss`` (mean over its weight steps; None when ``weight_lr=0``),
     ``flops_little``, ``flops_big`` (expected FLOPs at the epoch's final α), ``expected_flops``
-    (``flops_little + forward_rate x flops_big``), ``encoding`` and ``pair`` (the argmax pair), ``cpu_seconds``);
+    (``flops_little + forward_rate x flops_big``), with a latency table ``latency_little``, ``latency_big`` and
+    ``expected_latency`` likewise (ms), ``encoding`` and ``pair`` (the argmax pair), ``cpu_seconds``);
     ``cost`` the search cost over every run of a resumed search (``cpu_seconds`` of process time, ``steps``,
     ``arch_steps``, ``weight_steps``, ``evaluated``: discrete pairs scored — the search itself runs one
     relaxed supernet); ``record`` the pair's :class:`~dyninfer.search.fitness.PairRecord` when an evaluator was
@@ -412,8 +569,9 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
                  evaluator: PairEvaluator | None = None, folder: str | Path | None = None, seed: int = 0,
                  batch_size: int = 64, steps_per_epoch: int | None = None, little_weight: float = 1.0,
                  big_weight: float = 1.0, update_supernet: bool = False, signature: dict | None = None,
+                 order: int = 1, latency_table: LatencyTable | None = None, latency_batch: int = 1,
                  log: Callable[[str], None] | None = None, progress: bool = False) -> DartsResult:
-    """First-order DARTS over the pairs of a trained big/little supernet (see the module doc).
+    """DARTS (first or second order) over the pairs of a trained big/little supernet (see the module doc).
 
     Args:
         supernet: the trained supernet; searched on a copy (its weights change only with ``update_supernet``).
@@ -432,6 +590,11 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         steps_per_epoch: steps (one α step and one weight step each) per epoch; default one pass over ``train``.
         little_weight, big_weight: weights of the little and big cross-entropies.
         update_supernet: copy the searched weights into ``supernet`` at the end.
+        order: 1 (first-order DARTS) or 2 (second-order: α's gradient through one unrolled weight step of size
+            ``weight_lr``, which must then be above 0).
+        latency_table: the cost term is the expected latency from this table of measured blocks (built for
+            ``supernet``; filled before the first step) instead of the expected FLOPs.
+        latency_batch: the batch of the latency term (one the table times).
         signature: what the search depends on beyond the settings (the supernet's checkpoint, the data): kept
             with the state, and a resumed search with another one is refused.
         log: receives one line per epoch (default: none).
@@ -455,6 +618,16 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         raise ConfigError("little_weight and big_weight are both 0: the search would optimise cost alone")
     flag("update_supernet", update_supernet)
     flag("progress", progress)
+    if order not in (1, 2):
+        raise ConfigError(f"order must be 1 (first-order DARTS) or 2 (second-order), got {order!r}")
+    if order == 2 and weight_lr == 0:
+        raise ConfigError("second-order DARTS unrolls a weight step of size weight_lr; with weight_lr=0 the "
+                          "weights are frozen and it is first-order DARTS: use order=1 or weight_lr > 0")
+    if latency_table is not None:
+        if not isinstance(latency_table, LatencyTable) or latency_table.supernet is not supernet:
+            raise ConfigError("latency_table must be a LatencyTable built for the searched supernet "
+                              "(LatencyTable(supernet))")
+        latency_batch = latency_table.check_batch(latency_batch)
     if evaluator is not None:
         if not isinstance(evaluator, PairEvaluator):
             raise ConfigError(f"evaluator must be a PairEvaluator, got {type(evaluator).__name__}")
@@ -465,7 +638,9 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
     settings = {"arch_lr": float(arch_lr), "weight_lr": float(weight_lr), "eta": float(eta),
                 "threshold": float(threshold), "seed": int(seed), "batch_size": int(batch_size), "steps": int(steps),
                 "little_weight": float(little_weight), "big_weight": float(big_weight),
-                "first_order": True, "train_images": len(train), "val_images": len(val), "signature": signature}
+                "first_order": order == 1, "objective": "flops" if latency_table is None else "latency",
+                "latency_batch": None if latency_table is None else latency_batch,
+                "train_images": len(train), "val_images": len(val), "signature": signature}
 
     net = copy.deepcopy(supernet)
     dev = model_device(net)
@@ -479,6 +654,7 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
     folder = Path(folder) if folder is not None else None
     if folder is not None and (folder / STATE).exists():
         st = read_payload(folder / STATE, fmt=STATE_FORMAT, what="DARTS search state")
+        st["settings"] = {**_ADDED_SETTINGS, **st["settings"]}
         if st["settings"] != settings:
             diff = sorted(k for k in settings if st["settings"].get(k) != settings[k])
             raise ConfigError(f"{folder} holds a DARTS search with other settings ({', '.join(diff)}: "
@@ -498,7 +674,19 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         trajectory, cost, done = list(st["trajectory"]), dict(st["cost"]), int(st["epoch"])
         log(f"[darts] resuming {folder} after epoch {done}")
 
-    max_flops = float(net.flops(net.space.max_subnet("big")))
+    # the search works on the copy: a latency table of the caller's supernet times the copy's blocks (same layout)
+    table = None
+    if latency_table is not None and done < epochs:
+        t0 = time.process_time()
+        table = copy.copy(latency_table)  # shares the caller's entries: what is timed here is kept there
+        table.supernet = net
+        table.fill()
+        cost["cpu_seconds"] += time.process_time() - t0
+    loss_kw = dict(eta=eta, threshold=threshold, little_weight=little_weight, big_weight=big_weight,
+                   max_flops=float(net.flops(net.space.max_subnet("big"))))
+    if table is not None:
+        loss_kw.update(latency_table=table, latency_batch=latency_batch,
+                       max_latency=table.predict(net.space.max_subnet("big"), latency_batch))
     for epoch in range(done, epochs):
         t0 = time.process_time()
         net.train()
@@ -508,11 +696,12 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         bar = tqdm(range(steps), desc=f"darts {epoch + 1}/{epochs}", disable=not progress, leave=False,
                    mininterval=1.0)
         for _ in bar:
-            # α step on a validation batch (first order: the weights as they are)
+            # α step on a validation batch (first order: the weights as they are; second: after an unrolled step)
             xv, yv = next(va)
-            out = darts_loss(net, arch, xv.to(dev), yv.to(dev), eta=eta, threshold=threshold,
-                             little_weight=little_weight, big_weight=big_weight, max_flops=max_flops)
-            grads = torch.autograd.grad(out.loss, list(arch.parameters()))
+            xt, yt = next(tr) if weight_opt is not None else (None, None)
+            unrolled = (xt.to(dev), yt.to(dev)) if order == 2 else None  # type: ignore[union-attr]
+            out, grads = architecture_gradient(net, arch, (xv.to(dev), yv.to(dev)), unrolled, order=order,
+                                               xi=weight_lr, weights=weights, **loss_kw)
             for p, g in zip(arch.parameters(), grads):
                 p.grad = g
             arch_opt.step()
@@ -523,13 +712,8 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
             cost["arch_steps"] += 1
             # weight step on a training batch (α fixed): the cross-entropies through the relaxed network
             if weight_opt is not None:
-                xt, yt = next(tr)
-                xt, yt = xt.to(dev), yt.to(dev)
-                with torch.no_grad():
-                    pl, pb = arch.probs("little"), arch.probs("big")
-                stem = net.stem(net.normalize(xt))
-                loss = little_weight * F.cross_entropy(relaxed_logits(net, xt, pl, "little", stem=stem), yt) \
-                    + big_weight * F.cross_entropy(relaxed_logits(net, xt, pb, "big", stem=stem), yt)
+                loss = _train_loss(net, arch, xt.to(dev), yt.to(dev), little_weight, big_weight,  # type: ignore
+                                   alpha_grad=False)
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)
                 for p, g in zip(weights, grads):
                     p.grad = g
@@ -542,12 +726,16 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
         with torch.no_grad():
             fl = float(expected_flops(net, arch.probs("little"), "little"))
             fb = float(expected_flops(net, arch.probs("big"), "big"))
+            lat = {} if table is None else {
+                f"latency_{h}": float(expected_latency(net, arch.probs(h), h, table, latency_batch)) for h in HEADS}
+        if lat:
+            lat["expected_latency"] = lat["latency_little"] + sums["forward_rate"] / steps * lat["latency_big"]
         means = {k: v / steps for k, v in sums.items()}
         pair = arch.pair()
         cpu = time.process_time() - t0
         cost["cpu_seconds"] += cpu
         rec = {"epoch": epoch + 1, **means, "train_loss": means["train_loss"] if weight_opt is not None else None,
-               "flops_little": fl, "flops_big": fb, "expected_flops": fl + means["forward_rate"] * fb,
+               "flops_little": fl, "flops_big": fb, "expected_flops": fl + means["forward_rate"] * fb, **lat,
                "encoding": [int(v) for v in net.space.encode(pair)], "pair": pair.as_dict(), "cpu_seconds": cpu}
         trajectory.append(rec)
         if folder is not None:
@@ -559,8 +747,9 @@ def darts_search(supernet: BigSmallSupernet, train: Split, val: Split, *, epochs
             write_json(folder / RESULT, _result(net, arch, trajectory, cost, settings, epoch + 1, None).as_dict())
         log(f"[darts] epoch {epoch + 1}/{epochs}: val loss {means['val_loss']:.4f} (CE little "
             f"{means['ce_little']:.4f}, big {means['ce_big']:.4f}, cost {means['cost']:.4f}); E[FLOPs] little "
-            f"{fl:,.0f}, big {fb:,.0f}, forward rate {means['forward_rate']:.2f}; argmax pair {rec['encoding']}; "
-            f"{cpu:.1f} CPU s")
+            f"{fl:,.0f}, big {fb:,.0f}"
+            + (f"; E[latency] little {lat['latency_little']:.3f} ms, big {lat['latency_big']:.3f} ms" if lat else "")
+            + f", forward rate {means['forward_rate']:.2f}; argmax pair {rec['encoding']}; {cpu:.1f} CPU s")
 
     net.eval()
     if update_supernet:
@@ -597,5 +786,6 @@ def load_darts_result(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["ArchParameters", "DartsLoss", "DartsResult", "darts_loss", "darts_search", "expected_flops",
+__all__ = ["ArchParameters", "DartsLoss", "DartsResult", "architecture_gradient", "darts_loss", "darts_search",
+           "expected_flops", "expected_latency",
            "load_darts_result", "one_hot_probs", "param_key", "relaxed_features", "relaxed_logits"]

@@ -42,7 +42,7 @@ TABLE_FORMAT = "dyninfer-bigsmall-latency-table-1"
 
 # ---------------------------------------------------------------------------------------- latency table
 
-def _block_key(s: int, j: int, cin: int, hidden: int, out: int, kernel: int) -> str:
+def block_key(s: int, j: int, cin: int, hidden: int, out: int, kernel: int) -> str:
     return f"block:s{s}:l{j}:{cin}-{hidden}-{out}:k{kernel}"
 
 
@@ -89,7 +89,7 @@ class LatencyTable:
         cfg = net.space.check_subnet(cfg)
         keys = ["stem"]
         for s, j, cin, hidden, out, st in net._layer_channels(cfg):
-            keys.append(_block_key(s, j, cin, hidden, out, st.kernel))
+            keys.append(block_key(s, j, cin, hidden, out, st.kernel))
         cin = scaled(net.channels[len(cfg.stages) - 1], cfg.stages[-1].width)
         keys.append(f"head:{cfg.head}:{cin}")
         return keys
@@ -173,7 +173,7 @@ class LatencyTable:
                     for cin in (sorted(reads) if reads is not None else [out]):
                         for e in sp.expands:
                             for k in sp.kernels:
-                                keys.append(_block_key(s, j, cin, expanded(cin, e), out, k))
+                                keys.append(block_key(s, j, cin, expanded(cin, e), out, k))
             cins = set(outs)
         for head in ("little", "big"):
             s = sp.stages_of(head) - 1
@@ -185,7 +185,8 @@ class LatencyTable:
         """Time every entry of :meth:`all_keys` still missing; returns how many were timed."""
         return self.measure(self.all_keys())
 
-    def _check_batch(self, batch: int) -> int:
+    def check_batch(self, batch: int) -> int:
+        """``batch`` as an int, or a ConfigError when the table did not time it."""
         if batch not in self.batches:
             raise ConfigError(f"batch {batch!r} was not timed; this table holds the batches {self.batches}")
         return int(batch)
@@ -193,7 +194,7 @@ class LatencyTable:
     def predict(self, cfg: Any, batch: int = 1) -> float:
         """Predicted latency (ms per call of ``batch`` images) of subnet ``cfg``: stem + its blocks + its head,
         timing the entries it needs that are missing."""
-        batch = self._check_batch(batch)
+        batch = self.check_batch(batch)
         keys = self.keys_of(cfg)
         self.measure(keys)
         return float(sum(self.entries[k][batch] for k in keys))
@@ -353,7 +354,7 @@ class PairEvaluator:
         if serving_batch is None and latency_table is not None:
             serving_batch = latency_table.batches[-1]
         if latency_table is not None:
-            latency_table._check_batch(serving_batch)  # type: ignore[arg-type]
+            latency_table.check_batch(serving_batch)  # type: ignore[arg-type]
         self.source = supernet  # the caller's, never changed here
         self.supernet = copy.deepcopy(supernet).eval()  # the copy whose norms and active subnet evaluation changes
         for p in self.supernet.parameters():

@@ -1,7 +1,7 @@
 """``dyninfer search``: search a little/big pair of the preset's co-trained big/little supernet.
 
 One command for the three strategies of :mod:`dyninfer.search` (``evolution``: Optuna's NSGA-II; ``predictor``:
-a once-for-all accuracy predictor; ``darts``: first-order DARTS). The supernet is the one ``dyninfer run
+a once-for-all accuracy predictor; ``darts``: DARTS, first or second order). The supernet is the one ``dyninfer run
 bigsmall`` trains (cached); pairs are scored on the calibration split under the confidence router at
 ``--threshold``, their batch norms re-estimated on training images. State goes to ``OUT/state/<strategy>/``
 so an interrupted search resumes (a resumed search must score on the same supernet, data and images: a changed
@@ -30,7 +30,8 @@ def _add(p: argparse.ArgumentParser) -> None:
                    help="output folder (default reports/search-<strategy>-<dataset>-<preset>-seed<seed>)")
     p.add_argument("--threshold", type=float, default=0.9, help="the confidence router's τ (default 0.9)")
     p.add_argument("--objective", choices=["flops", "latency"], default="flops",
-                   help="evolution's cost: counted FLOPs or latency from a table of measured blocks")
+                   help="the cost evolution minimises and DARTS weighs: counted FLOPs or latency from a table of "
+                        "measured blocks (the predictor ranks by FLOPs)")
     p.add_argument("--budget-mflops", type=float, default=None,
                    help="the reported best pair: the most accurate with expected MFLOPs within this (default: any)")
     p.add_argument("--eval-images", type=int, default=2000, help="calibration images that score a pair")
@@ -43,6 +44,8 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=3, help="darts: epochs")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="darts: steps per epoch (default: one pass)")
     p.add_argument("--eta", type=float, default=1.0, help="darts: weight of the expected-cost term")
+    p.add_argument("--darts-order", type=int, default=1,
+                   help="darts: 1 first-order, 2 second-order (through one unrolled weight step; about 3x the cost)")
 
 
 def _settings(args: argparse.Namespace):
@@ -51,7 +54,8 @@ def _settings(args: argparse.Namespace):
     return SearchSettings(threshold=args.threshold, eval_images=args.eval_images, bn_images=args.bn_images,
                           objective=args.objective, population=args.population, generations=args.generations,
                           measure=args.measure, candidates=args.candidates, remeasure=args.remeasure,
-                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, eta=args.eta)
+                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, eta=args.eta,
+                          darts_order=args.darts_order)
 
 
 def run_search(args: argparse.Namespace) -> dict:
