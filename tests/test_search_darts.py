@@ -209,7 +209,7 @@ def test_the_second_order_gradient_is_the_gradient_through_the_unrolled_step(tra
     xi = 0.05
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     weights = [p for p in net.parameters() if p.requires_grad]
-    first, g1 = architecture_gradient(net, arch, val, order=1, **kw)  # moves the norms' running statistics
+    _, g1 = architecture_gradient(net, arch, val, order=1, **kw)  # moves the norms' running statistics
     before = _state(net)
     _, g2 = architecture_gradient(net, arch, val, train, order=2, xi=xi, **kw)
     after = net.state_dict()
@@ -230,7 +230,6 @@ def test_the_second_order_gradient_is_the_gradient_through_the_unrolled_step(tra
     # first order is the plain gradient of the loss
     assert torch.allclose(g1, torch.cat(torch.autograd.grad(darts_loss(net, arch, *val, **kw).loss, alphas)),
                           rtol=1e-4, atol=1e-7)
-    assert first.forward_rate >= 0
     with pytest.raises(ConfigError, match="training batch and xi"):
         architecture_gradient(net, arch, val, order=2, xi=xi, **kw)
     with pytest.raises(ConfigError, match="order must be"):
