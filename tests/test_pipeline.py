@@ -207,6 +207,22 @@ def test_a_cascade_on_part_of_a_pool_is_timed_and_plotted_on_its_own_paths(digit
             assert (tmp_path / name).stat().st_size > 1000
 
 
+def test_an_untimed_evaluation_keeps_everything_but_the_timing(digits_prepared):
+    """time_runtime=False (a caller timing the runtime itself): the same fit, outcome and runtime, no timing."""
+    from dyninfer.methods.cascade import Cascade
+    from dyninfer.pipeline import RunConfig, evaluate
+
+    lines = []
+    cfg = RunConfig(method="cascade", preset="tiny", figures=None, progress=False)
+    timed = evaluate(digits_prepared, Cascade(tolerance=0.05), cfg, log=lambda s: None)
+    untimed = evaluate(digits_prepared, Cascade(tolerance=0.05), cfg, log=lines.append, time_runtime=False)
+    assert untimed.results["timing"] is None and untimed.results["energy"] is None
+    assert not any(s.startswith("[time]") for s in lines) and any(s.startswith("[runtime]") for s in lines)
+    assert untimed.results["knob"] == timed.results["knob"] and timed.results["timing"]["throughput"]["policy"] > 0
+    np.testing.assert_array_equal(untimed.outcome.correct, timed.outcome.correct)
+    assert untimed.results["agreement"]["pred_mismatch"] == 0
+
+
 def test_a_time_budget_maps_through_measured_latencies(digits_prepared):
     """knob_for(budget_seconds=...) picks the most accurate calibration point whose predicted time fits the budget."""
     from dyninfer.errors import ConfigError

@@ -154,8 +154,60 @@ def _plain(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tens
     return run
 
 
-def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str], None] = print) -> Evaluation:
-    """Steps 2-5 of the module doc for one method on prepared paths."""
+def _time_runtime(method: Method, paths, rt, test: Trace, own: Trace, outcome: Outcome, preset, cfg: RunConfig,
+                  dev: torch.device, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """Step 5's measurements: the runtime at the operating point side by side with the runtime forced onto the
+    reference path and the plain reference model (interleaved rounds at the serving batch and at batch 1), then
+    energy per image; returns (timing, energy)."""
+    op, sb = method.operating_point_, cfg.serving_batch
+    forced = method.runtime(paths, device=dev)
+    forced.force(op.reference)
+    plain = _plain(paths.reference(), dev)
+    xs, x1 = test.inputs()[:preset.timing_samples], test.inputs()[:preset.batch1_samples]
+    log(f"[time] {preset.runtime_rounds} interleaved rounds over {len(xs)} images at batch {sb}")
+    serving = interleaved_latency({"policy": lambda: rt.run(xs, sb), "forced": lambda: forced.run(xs, sb),
+                                   "plain": lambda: plain(xs, sb)}, rounds=preset.runtime_rounds, warmup=1,
+                                  clock="wall")
+    log(f"[time] batch 1 over {len(x1)} images ({cfg.clock} clock)")
+    batch1 = interleaved_latency({"policy": lambda: [rt(x1[i:i + 1]) for i in range(len(x1))],
+                                  "forced": lambda: [forced(x1[i:i + 1]) for i in range(len(x1))],
+                                  "plain": lambda: plain(x1, 1)}, rounds=max(1, preset.runtime_rounds), warmup=1,
+                                 clock=cfg.clock)
+    n_ref = len(xs)
+    forced_ran = method.simulate_forced(test, op.reference).ran[:n_ref]
+    predicted = {"policy": predicted_seconds(own, outcome.ran[:n_ref], sb),
+                 "forced": predicted_seconds(own, forced_ran, sb),
+                 "plain": predicted_seconds(own, forced_ran, sb)}  # the plain model runs what the forced runtime runs
+    sec = {k: v["median_ms"] / 1e3 for k, v in serving.items()}
+    ms1 = {k: v["median_ms"] / len(x1) for k, v in batch1.items()}
+    timing = {
+        "serving_batch": sb, "timed_images": n_ref, "batch1_images": len(x1), "rounds": preset.runtime_rounds,
+        "batch1_clock": cfg.clock,
+        "throughput": {k: n_ref / v for k, v in sec.items()},
+        "throughput_ratio_vs_plain": sec["plain"] / sec["policy"],
+        "batch1_ms_per_image": ms1, "batch1_speedup_vs_plain": ms1["plain"] / ms1["policy"],
+        "forced_overhead_serving_pct": paired_overhead(serving, "forced", "plain"),
+        "forced_overhead_batch1_pct": paired_overhead(batch1, "forced", "plain"),
+        "predicted_seconds": predicted, "measured_seconds": sec,
+        "measured_over_predicted": {k: sec[k] / predicted[k] if predicted[k] > 0 else float("nan") for k in sec},
+        "rounds_ms": {"serving": {k: v["times_ms"] for k, v in serving.items()},
+                      "batch1": {k: v["times_ms"] for k, v in batch1.items()}},
+    }
+    log(f"[time] throughput {timing['throughput']['policy']:.0f} vs plain {timing['throughput']['plain']:.0f} img/s "
+        f"({timing['throughput_ratio_vs_plain']:.2f}x); batch 1 {ms1['policy']:.3f} vs {ms1['plain']:.3f} ms/img; "
+        f"forced runtime vs plain {timing['forced_overhead_serving_pct']['pct']:+.1f}% at batch {sb}, "
+        f"{timing['forced_overhead_batch1_pct']['pct']:+.1f}% at batch 1")
+    # ---- energy and CO2 (measured where a counter exists, otherwise estimated and labelled so)
+    energy = energy_per_sample({"policy": lambda: rt.run(xs, sb), "plain": lambda: plain(xs, sb)}, n_ref, device=dev,
+                               cpu_watts_per_thread=cfg.cpu_watts_per_thread, grid_g_per_kwh=cfg.grid_g_per_kwh)
+    return timing, energy
+
+
+def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str], None] = print, *,
+             time_runtime: bool = True) -> Evaluation:
+    """Steps 2-5 of the module doc for one method on prepared paths. ``time_runtime=False`` skips step 5's
+    timing and energy (``results["timing"]`` and ``["energy"]`` are None): for a caller that times the runtime
+    itself, side by side with other systems (the big/little report's baselines)."""
     paths, preset = prep.paths, prep.preset
     dev = torch.device(cfg.device)
     sb = cfg.serving_batch
@@ -186,48 +238,11 @@ def evaluate(prep: Prepared, method: Method, cfg: RunConfig, log: Callable[[str]
     agree = agreement(rt, method, test, batch_size=sb)
     log(f"[runtime] agreement with the trace on {agree['samples']} test images: {agree['pred_mismatch']} predictions, "
         f"{agree['path_mismatch']} paths, {agree['flops_mismatch']} FLOPs differ")
-    forced = method.runtime(paths, device=dev)
-    forced.force(op.reference)
-    plain = _plain(paths.reference(), dev)
-    xs, x1 = test.inputs()[:preset.timing_samples], test.inputs()[:preset.batch1_samples]
-    log(f"[time] {preset.runtime_rounds} interleaved rounds over {len(xs)} images at batch {sb}")
-    serving = interleaved_latency({"policy": lambda: rt.run(xs, sb), "forced": lambda: forced.run(xs, sb),
-                                   "plain": lambda: plain(xs, sb)}, rounds=preset.runtime_rounds, warmup=1,
-                                  clock="wall")
-    log(f"[time] batch 1 over {len(x1)} images ({cfg.clock} clock)")
-    batch1 = interleaved_latency({"policy": lambda: [rt(x1[i:i + 1]) for i in range(len(x1))],
-                                  "forced": lambda: [forced(x1[i:i + 1]) for i in range(len(x1))],
-                                  "plain": lambda: plain(x1, 1)}, rounds=max(1, preset.runtime_rounds), warmup=1,
-                                 clock=cfg.clock)
-    n_ref = len(xs)
     own = method.own_trace(test)  # outcomes index the method's own paths, at the costs its stages pay
     own = own if own.paths == list(rt.paths) else own.select(list(rt.paths))
-    forced_ran = method.simulate_forced(test, op.reference).ran[:n_ref]
-    predicted = {"policy": predicted_seconds(own, outcome.ran[:n_ref], sb),
-                 "forced": predicted_seconds(own, forced_ran, sb),
-                 "plain": predicted_seconds(own, forced_ran, sb)}  # the plain model runs what the forced runtime runs
-    sec = {k: v["median_ms"] / 1e3 for k, v in serving.items()}
-    ms1 = {k: v["median_ms"] / len(x1) for k, v in batch1.items()}
-    timing = {
-        "serving_batch": sb, "timed_images": n_ref, "batch1_images": len(x1), "rounds": preset.runtime_rounds,
-        "batch1_clock": cfg.clock,
-        "throughput": {k: n_ref / v for k, v in sec.items()},
-        "throughput_ratio_vs_plain": sec["plain"] / sec["policy"],
-        "batch1_ms_per_image": ms1, "batch1_speedup_vs_plain": ms1["plain"] / ms1["policy"],
-        "forced_overhead_serving_pct": paired_overhead(serving, "forced", "plain"),
-        "forced_overhead_batch1_pct": paired_overhead(batch1, "forced", "plain"),
-        "predicted_seconds": predicted, "measured_seconds": sec,
-        "measured_over_predicted": {k: sec[k] / predicted[k] if predicted[k] > 0 else float("nan") for k in sec},
-        "rounds_ms": {"serving": {k: v["times_ms"] for k, v in serving.items()},
-                      "batch1": {k: v["times_ms"] for k, v in batch1.items()}},
-    }
-    log(f"[time] throughput {timing['throughput']['policy']:.0f} vs plain {timing['throughput']['plain']:.0f} img/s "
-        f"({timing['throughput_ratio_vs_plain']:.2f}x); batch 1 {ms1['policy']:.3f} vs {ms1['plain']:.3f} ms/img; "
-        f"forced runtime vs plain {timing['forced_overhead_serving_pct']['pct']:+.1f}% at batch {sb}, "
-        f"{timing['forced_overhead_batch1_pct']['pct']:+.1f}% at batch 1")
-    # ---- energy and CO2 (measured where a counter exists, otherwise estimated and labelled so)
-    energy = energy_per_sample({"policy": lambda: rt.run(xs, sb), "plain": lambda: plain(xs, sb)}, n_ref, device=dev,
-                               cpu_watts_per_thread=cfg.cpu_watts_per_thread, grid_g_per_kwh=cfg.grid_g_per_kwh)
+    timing = energy = None
+    if time_runtime:
+        timing, energy = _time_runtime(method, paths, rt, test, own, outcome, preset, cfg, dev, log)
     static = []
     for p, name in enumerate(test.paths):
         c = test.cost(p)

@@ -101,7 +101,7 @@ from ..models.bigsmall import FIELDS, HEADS, BigSmallSupernet, PairConfig, Subne
 from ..models.elastic import scaled
 from ..runtime.cost import model_device
 from ..train.trainer import shuffled_batches
-from .fitness import LatencyTable, PairEvaluator, PairRecord, block_key
+from .fitness import LatencyTable, PairEvaluator, PairRecord
 
 STATE_FORMAT = "dyninfer-bigsmall-darts-state-1"
 RESULT_FORMAT = "dyninfer-bigsmall-darts-1"
@@ -349,33 +349,17 @@ def expected_latency(net: BigSmallSupernet, probs: Probs, head: str, table: Late
         raise ConfigError("expected_latency needs a LatencyTable built for this supernet (LatencyTable(net))")
     batch = table.check_batch(batch)
     dev = probs[0]["width"].device
-    # the entries each term reads: per stage, layer 0 by (input width, output width, expansion, kernel), later
-    # layers by (width, expansion, kernel); then the head by the last width
-    terms: list[tuple[int, int, np.ndarray]] = []
-    cins = [net.stem_channels]
-    for s in range(len(probs)):
-        outs = [scaled(net.channels[s], w) for w in sp.widths]
-        for j in range(max(sp.depths)):
-            grid = np.empty((len(cins) if j == 0 else 1, len(outs), len(sp.expands), len(sp.kernels)), dtype=object)
-            for a, c in enumerate(cins if j == 0 else [None]):
-                for b, o in enumerate(outs):
-                    cin = o if c is None else c
-                    for e, x in enumerate(sp.expands):
-                        for k, kk in enumerate(sp.kernels):
-                            grid[a, b, e, k] = block_key(s, j, cin, expanded(cin, x), o, kk)
-            terms.append((s, j, grid))
-        cins = outs
-    heads = [f"head:{head}:{c}" for c in cins]
-    table.measure(["stem", *heads, *(k for _, _, g in terms for k in g.flat)])
+    grids, heads = table.block_grids(len(probs)), table.head_keys(head)
+    table.measure(["stem", *heads, *(k for _, _, keys in grids for k in keys.flat)])
     ms = np.vectorize(lambda k: table.entries[k][batch], otypes=[np.float64])
     t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=dev)  # noqa: E731
     total = t(table.entries["stem"][batch])
     p_cin = t([1.0])
-    for s, j, grid in terms:
+    for s, j, keys in grids:
         ps = probs[s]
         pw, pd, pk, pe = (ps[f].double() for f in ("width", "depth", "kernel", "expand"))
         active = sum(pd[i] for i, d in enumerate(sp.depths) if d > j)  # P(depth > j)
-        lat = t(ms(grid))  # (inputs, widths, expansions, kernels)
+        lat = t(ms(keys))  # (inputs, widths, expansions, kernels)
         if j == 0:
             total = total + active * torch.einsum("c,w,e,k,cwek->", p_cin, pw, pe, pk, lat)
         else:

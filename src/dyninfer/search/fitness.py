@@ -160,26 +160,40 @@ class LatencyTable:
         self.measured += len(missing)
         return len(missing)
 
+    def block_grids(self, stages: int | None = None) -> list[tuple[int, int, np.ndarray]]:
+        """The entries each block position can read, per stage ``s`` (the first ``stages``; None: all) and layer
+        ``j``: ``(s, j, keys)`` with ``keys[a, b, e, k]`` the key of the block reading input width ``a`` and
+        writing output width ``b`` (both in the order of the space's widths; the stem's width feeds stage 0),
+        expansion ``e`` and kernel ``k``. Only layer 0 reads the previous stage's widths; a later layer reads its
+        own output width, so its array has one input row. :func:`~dyninfer.search.darts.expected_latency` weights
+        these arrays by the choice probabilities; :meth:`all_keys` lists them flat."""
+        net, sp = self.supernet, self.supernet.space
+        grids: list[tuple[int, int, np.ndarray]] = []
+        cins = [net.stem_channels]
+        for s in range(len(net.channels) if stages is None else stages):
+            outs = [scaled(net.channels[s], w) for w in sp.widths]
+            for j in range(max(sp.depths)):
+                rows = cins if j == 0 else [None]
+                keys = np.empty((len(rows), len(outs), len(sp.expands), len(sp.kernels)), dtype=object)
+                for a, c in enumerate(rows):
+                    for b, out in enumerate(outs):
+                        cin = out if c is None else c
+                        for e, x in enumerate(sp.expands):
+                            for k, kernel in enumerate(sp.kernels):
+                                keys[a, b, e, k] = block_key(s, j, cin, expanded(cin, x), out, kernel)
+                grids.append((s, j, keys))
+            cins = outs
+        return grids
+
+    def head_keys(self, head: str) -> list[str]:
+        """The entries of ``head``'s classifier, one per width of the stage it reads (in the space's order)."""
+        net, sp = self.supernet, self.supernet.space
+        return [f"head:{head}:{scaled(net.channels[sp.stages_of(head) - 1], w)}" for w in sp.widths]
+
     def all_keys(self) -> list[str]:
         """Every entry the supernet's space can need (for :meth:`fill`)."""
-        net, sp = self.supernet, self.supernet.space
-        keys = ["stem"]
-        cins: set[int] = {net.stem_channels}
-        for s, cmax in enumerate(net.channels):
-            outs = sorted({scaled(cmax, w) for w in sp.widths})
-            for j in range(max(sp.depths)):
-                reads = cins if j == 0 else None
-                for out in outs:
-                    for cin in (sorted(reads) if reads is not None else [out]):
-                        for e in sp.expands:
-                            for k in sp.kernels:
-                                keys.append(block_key(s, j, cin, expanded(cin, e), out, k))
-            cins = set(outs)
-        for head in ("little", "big"):
-            s = sp.stages_of(head) - 1
-            for cin in sorted({scaled(net.channels[s], w) for w in sp.widths}):
-                keys.append(f"head:{head}:{cin}")
-        return list(dict.fromkeys(keys))
+        blocks = (k for _, _, keys in self.block_grids() for k in keys.flat)
+        return list(dict.fromkeys(["stem", *blocks, *self.head_keys("little"), *self.head_keys("big")]))
 
     def fill(self) -> int:
         """Time every entry of :meth:`all_keys` still missing; returns how many were timed."""

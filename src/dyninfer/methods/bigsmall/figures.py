@@ -271,11 +271,11 @@ def _systems(ev, cfg: BigSmallFigures, main: _Pair, log) -> tuple[list[dict], di
     for flag, method_name in ((cfg.cascade, "cascade"), (cfg.early_exit, "early-exit")):
         if not flag:
             continue
-        log(f"[figures] bigsmall: baseline {method_name} through the shared pipeline")
+        log(f"[figures] bigsmall: baseline {method_name} through the shared pipeline (timed in 5.1, beside the others)")
         method = create_method(method_name)
         prep = prepare(ev.cfg.dataset, preset, kind=method.path_kind, seed=ev.cfg.seed, data=ev.prep.data,
                        device=ev.cfg.device, progress=ev.cfg.progress, log=log)
-        b = evaluate(prep, method, RunConfig(method=method_name, **ev.cfg.settings()), log)
+        b = evaluate(prep, method, RunConfig(method=method_name, **ev.cfg.settings()), log, time_runtime=False)
         o, own = b.outcome, b.own_test
         models = list(prep.paths.models.values()) if hasattr(prep.paths, "models") else [prep.paths.net]
         label = " > ".join(getattr(b.method, "stages_", [])) if method_name == "cascade" else prep.paths.names[-1]
