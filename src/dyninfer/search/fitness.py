@@ -42,7 +42,7 @@ TABLE_FORMAT = "dyninfer-bigsmall-latency-table-1"
 
 # ---------------------------------------------------------------------------------------- latency table
 
-def block_key(s: int, j: int, cin: int, hidden: int, out: int, kernel: int) -> str:
+def _block_key(s: int, j: int, cin: int, hidden: int, out: int, kernel: int) -> str:
     return f"block:s{s}:l{j}:{cin}-{hidden}-{out}:k{kernel}"
 
 
@@ -89,7 +89,7 @@ class LatencyTable:
         cfg = net.space.check_subnet(cfg)
         keys = ["stem"]
         for s, j, cin, hidden, out, st in net._layer_channels(cfg):
-            keys.append(block_key(s, j, cin, hidden, out, st.kernel))
+            keys.append(_block_key(s, j, cin, hidden, out, st.kernel))
         cin = scaled(net.channels[len(cfg.stages) - 1], cfg.stages[-1].width)
         keys.append(f"head:{cfg.head}:{cin}")
         return keys
@@ -180,7 +180,7 @@ class LatencyTable:
                         cin = out if c is None else c
                         for e, x in enumerate(sp.expands):
                             for k, kernel in enumerate(sp.kernels):
-                                keys[a, b, e, k] = block_key(s, j, cin, expanded(cin, x), out, kernel)
+                                keys[a, b, e, k] = _block_key(s, j, cin, expanded(cin, x), out, kernel)
                 grids.append((s, j, keys))
             cins = outs
         return grids
